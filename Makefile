@@ -1,0 +1,47 @@
+# CroCo lab — every target creates the environment first when it is missing.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install pretrain smoke test test-slow test-all bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,slurm]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned dependencies (torch 2.14.1, torchvision 0.29.1, ...)
+
+pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated into data/ on first use)
+	$(PY) train.py experiment=pretrain
+
+smoke: $(STAMP)  ## a tiny CroCo that visibly learns on a CPU in minutes
+	$(PY) train.py experiment=smoke
+
+test: $(STAMP)  ## the test suite without the slow tests (what CI runs)
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  ## only the slow tests (DDP, multirun, long overfits)
+	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## every test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## benchmarks: model step throughput, data pipeline, pair generation (rows go to docs/benchmarks.md)
+	$(PY) -m croco.bench.model
+	$(PY) -m croco.bench.data
+	$(PY) -m croco.bench.generate
+
+lint: $(STAMP)  ## ruff
+	$(PY) -m ruff check src tests train.py generate.py
+
+clean:  ## caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,186 @@
+"""Transformer building blocks with the official CroCo module names (so released state dicts load strictly).
+
+Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU) unless
+``fused_attn`` is switched off, which selects the explicit softmax path of the official code. Both paths give
+the same result (see tests/models/test_blocks.py). The global default comes from ``CROCO_FUSED_ATTN`` (1 or 0).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from croco.models.pos_embed import RoPE2D
+
+__all__ = ["Mlp", "Attention", "CrossAttention", "Block", "DecoderBlock", "PatchEmbed", "use_fused_attn"]
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def use_fused_attn() -> bool:
+    return os.environ.get("CROCO_FUSED_ATTN", "1") != "0"
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v for (B, heads, N, Dh) tensors."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v)
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return attn.softmax(dim=-1) @ v
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection and optional RoPE on q and k."""
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+        self.fused_attn = use_fused_attn()
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.rope is not None:
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        x = _attend(q, k, v, self.fused_attn)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class CrossAttention(nn.Module):
+    """Queries from image-1 tokens, keys and values from the image-2 memory (separate projections)."""
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.projq = nn.Linear(dim, dim, bias=True)
+        self.projk = nn.Linear(dim, dim, bias=True)
+        self.projv = nn.Linear(dim, dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+        self.fused_attn = use_fused_attn()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        qpos: torch.Tensor | None = None,
+        kpos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, N, C = query.shape
+        q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
+        if self.rope is not None:
+            q, k = self.rope(q, qpos), self.rope(k, kpos)
+        x = _attend(q, k, v, self.fused_attn)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (encoder, and the CatBlock decoder): x += attn(norm1 x); x += mlp(norm2 x)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_layer: NormLayer, rope: RoPE2D | None):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, rope=rope)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), pos)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    """The CroCo "CrossBlock": self-attention, cross-attention to the (fixed) image-2 memory, MLP.
+
+    ``y`` is returned unchanged: every decoder block reads the same memory, each through its own ``norm_y``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        norm_layer: NormLayer,
+        rope: RoPE2D | None,
+        norm_mem: bool = True,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, rope=rope)
+        self.cross_attn = CrossAttention(dim, num_heads, rope=rope)
+        self.norm2 = norm_layer(dim)
+        self.norm3 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_y = norm_layer(dim) if norm_mem else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, xpos: torch.Tensor | None, ypos: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn(self.norm1(x), xpos)
+        x = x + self.cross_attn(self.norm2(x), self.norm_y(y), xpos, ypos)
+        x = x + self.mlp(self.norm3(x))
+        return x, y
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, 3, H, W) -> tokens (B, N, D) and integer (row, col) positions (B, N, 2), row-major.
+
+    ``img_size`` is the construction size (it sizes the cosine buffers and the mask count of a released
+    model); any H, W divisible by the patch size is accepted at run time.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_size = (patch_size, patch_size)
+        if any(s % patch_size for s in self.img_size):
+            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={patch_size}")
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self._positions: dict[tuple, torch.Tensor] = {}
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        p = self.patch_size[0]
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not divisible by the patch size {p}")
+        return height // p, width // p
+
+    def positions(self, batch: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        key = (grid, device)
+        if key not in self._positions:
+            rows = torch.arange(grid[0], device=device).repeat_interleave(grid[1])
+            cols = torch.arange(grid[1], device=device).repeat(grid[0])
+            self._positions[key] = torch.stack([rows, cols], dim=-1)
+        return self._positions[key].unsqueeze(0).expand(batch, -1, -1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.grid(x.shape[-2], x.shape[-1])
+        tokens = self.proj(x).flatten(2).transpose(1, 2)
+        return tokens, self.positions(x.shape[0], grid, x.device)

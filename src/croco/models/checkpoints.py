@@ -1,0 +1,167 @@
+"""Reading and writing checkpoints in the official CroCo layouts, without executing pickled code.
+
+Three layouts exist in the wild (croco-facts §2.3), resolved in this order:
+
+1. ``{"model": state_dict, "croco_kwargs": {...}}`` — the released CroCo v2 files (and what we export);
+2. ``{"model": ..., "args": Namespace(model="CroCoNet(enc_embed_dim=1024, ...)", ...)}`` — files written by
+   the official ``pretrain.py``; the ``args.model`` string is parsed as keyword literals, never evaluated;
+3. ``{"model": ...}`` alone — the released CroCo v1 file (constructor defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from croco.models.croco import CroCoNet
+from croco.models.pos_embed import interpolate_pos_embed
+
+__all__ = [
+    "CheckpointError",
+    "read_official_checkpoint",
+    "load_official_checkpoint",
+    "export_official_checkpoint",
+    "parse_model_string",
+    "croco_kwarg_names",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and what was expected."""
+
+
+def croco_kwarg_names() -> tuple[str, ...]:
+    """Constructor arguments a checkpoint may set (``norm_layer`` is code, not data)."""
+    return tuple(n for n in inspect.signature(CroCoNet).parameters if n != "norm_layer")
+
+
+def _check_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    allowed = croco_kwarg_names()
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown CroCoNet argument(s) {unknown}; allowed: {', '.join(allowed)}")
+    return dict(kwargs)
+
+
+def parse_model_string(text: str, where: str = "args.model") -> dict[str, Any]:
+    """``"CroCoNet(enc_embed_dim=1024, pos_embed='RoPE100')"`` -> keyword dict, accepting literals only."""
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise CheckpointError(f"{where}: cannot parse {text!r} ({e.msg})") from None
+    name = getattr(call, "func", None)
+    name = getattr(name, "id", None) or getattr(name, "attr", None)
+    if not isinstance(call, ast.Call) or name != "CroCoNet" or call.args:
+        raise CheckpointError(f"{where}: expected 'CroCoNet(key=value, ...)' with keyword arguments, got {text!r}")
+    kwargs = {}
+    for kw in call.keywords:
+        try:
+            kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            raise CheckpointError(
+                f"{where}: argument {kw.arg}={ast.unparse(kw.value)} is not a literal; only literals are accepted"
+            ) from None
+    return _check_kwargs(kwargs, where)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: the file holds pickled objects other than tensors and plain containers{what}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Return (CroCoNet kwargs, state_dict) of an official-layout file."""
+    path = Path(path)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (official CroCo layout)")
+    if "croco_kwargs" in ckpt:
+        if not isinstance(ckpt["croco_kwargs"], dict):
+            raise CheckpointError(f"{path}: 'croco_kwargs' must be a dict")
+        kwargs = _check_kwargs(ckpt["croco_kwargs"], f"{path}: croco_kwargs")
+    elif "args" in ckpt:
+        model_string = getattr(ckpt["args"], "model", None)
+        if not isinstance(model_string, str):
+            raise CheckpointError(f"{path}: 'args' has no 'model' string such as \"CroCoNet(...)\"")
+        kwargs = parse_model_string(model_string, f"{path}: args.model")
+    else:
+        kwargs = {}
+    return kwargs, ckpt["model"]
+
+
+def load_official_checkpoint(path: str | os.PathLike, **overrides: Any) -> CroCoNet:
+    """Build the CroCoNet a file describes and load its weights strictly.
+
+    ``overrides`` change constructor arguments, e.g. ``img_size=(352, 704)``: cosine buffers are then
+    bicubically resampled from the checkpoint's grid (the official ``interpolate_pos_embed``)."""
+    kwargs, state = read_official_checkpoint(path)
+    kwargs.update(_check_kwargs(overrides, "overrides"))
+    model = CroCoNet(**kwargs)
+    interpolate_pos_embed(model, state)
+    result = _load_strict(model, state)
+    if result:
+        raise CheckpointError(f"{path}: weights do not match CroCoNet({_short(kwargs)}): {result}")
+    return model
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Load strictly; return '' on success, else a one-line description of the mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
+              and state[k].shape != own[k].shape]  # fmt: skip
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            problems.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+    if problems:
+        return "; ".join(problems)
+    model.load_state_dict(state, strict=True)
+    return ""
+
+
+def _short(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path:
+    """Write ``{"model", "croco_kwargs"}`` so the official tools and DUSt3R can read our weights.
+
+    Written to a temporary file and renamed, so an interrupted export never leaves a half file."""
+    if model.decoder_type != "cross":
+        raise ValueError(f"decoder={model.decoder_type!r} has no official equivalent; only 'cross' can be exported")
+    kwargs = {k: v for k, v in model.croco_kwargs.items() if k != "decoder"}
+    state = {k.replace("_orig_mod.", ""): v.detach().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"model": state, "croco_kwargs": kwargs}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

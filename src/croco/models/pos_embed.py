@@ -1,0 +1,115 @@
+"""Positional information: 2-D sin-cos embeddings (CroCo v1) and 2-D rotary embeddings (CroCo v2).
+
+Both follow the official layouts exactly, so released checkpoints give the official outputs:
+
+* sin-cos: the first half of each vector encodes the column (x), the second half the row (y); inside a half the
+  sin block comes before the cos block (MAE convention). Tokens are row-major.
+* RoPE2D: the first half of each head's channels is rotated with the row (y), the second half with the column (x);
+  inside a half, channel j pairs with channel j + m/2 ("rotate half", not interleaved).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["sincos_pos_embed_2d", "resample_pos_embed", "interpolate_pos_embed", "RoPE2D", "rope_base_from_name"]
+
+
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim) as [sin(pos*w_k), cos(pos*w_k)], w_k = 10000^(-k/(dim/2))."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = pos.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding (h*w, dim) in float32 for a (h, w) token grid, official layout."""
+    if dim % 4 != 0:
+        raise ValueError(f"sin-cos position embedding needs a dimension divisible by 4, got {dim}")
+    h, w = grid
+    rows = torch.arange(h).repeat_interleave(w)  # token t = r*w + c
+    cols = torch.arange(w).repeat(h)
+    return torch.cat([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], dim=1).float()
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample a checkpoint's square (s*s, D) embedding to a (h, w) grid, as the official
+    ``interpolate_pos_embed`` does (positions keep the pretrained 0..s-1 range; they are not recomputed)."""
+    n, dim = pos_embed.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"cannot resample a position embedding of {n} tokens: the source grid must be square")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    x = pos_embed.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim).to(pos_embed.dtype)
+
+
+def interpolate_pos_embed(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Resample the cosine buffers of ``state_dict`` (in place, and returned) to ``model``'s grid."""
+    for key in ("enc_pos_embed", "dec_pos_embed"):
+        target = getattr(model, key, None)
+        if key in state_dict and isinstance(target, torch.Tensor) and state_dict[key].shape != target.shape:
+            state_dict[key] = resample_pos_embed(state_dict[key], model.patch_embed.grid_size)
+    return state_dict
+
+
+def rope_base_from_name(pos_embed: str) -> float:
+    """'RoPE100' -> 100.0. Raises a one-line error for anything that is not 'RoPE<number>'."""
+    if pos_embed.startswith("RoPE"):
+        try:
+            return float(pos_embed[len("RoPE") :])
+        except ValueError:
+            pass
+    raise ValueError(f"pos_embed={pos_embed!r}: expected 'cosine' or 'RoPE<base>' such as 'RoPE100'")
+
+
+class RoPE2D(nn.Module):
+    """2-D rotary position embedding applied to q or k of shape (B, heads, N, Dh), positions (B, N, 2) = (y, x).
+
+    Pure PyTorch and stateless (no parameters or buffers, so it adds nothing to the state dict). The angle
+    tables are computed in float32 and cast to the token dtype, like the official CUDA kernel does internally.
+    """
+
+    def __init__(self, base: float = 100.0, f0: float = 1.0):
+        super().__init__()
+        self.base = base
+        self.f0 = f0
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, dim: int, length: int, device: torch.device, dtype: torch.dtype):
+        key = (dim, length, device, dtype)
+        if key not in self._cache:
+            inv_freq = self.f0 / self.base ** (torch.arange(0, dim, 2, device=device).float() / dim)
+            angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+            angles = torch.cat([angles, angles], dim=-1)  # (length, dim): channel j and j+dim/2 share an angle
+            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._cache[key]
+
+    @staticmethod
+    def _rotate_1d(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        cos = F.embedding(pos, cos)[:, None]  # (B, 1, N, dim)
+        sin = F.embedding(pos, sin)[:, None]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        head_dim = tokens.shape[-1]
+        if head_dim % 4 != 0:
+            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {head_dim}")
+        dim = head_dim // 2
+        cos, sin = self._tables(dim, int(positions.max()) + 1, tokens.device, tokens.dtype)
+        y, x = tokens.chunk(2, dim=-1)
+        y = self._rotate_1d(y, positions[..., 0], cos, sin)
+        x = self._rotate_1d(x, positions[..., 1], cos, sin)
+        return torch.cat([y, x], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"base={self.base}, f0={self.f0}"
