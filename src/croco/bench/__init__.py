@@ -1,0 +1,1 @@
+"""Benchmark scripts (``python -m croco.bench.<name>``) that print throughput numbers and log them to docs/."""
