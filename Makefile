@@ -11,10 +11,12 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's local wheel store when it has one.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,slurm]"
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PY) -m pip install --quiet -e ".[dev,slurm]" 2>&1 | { grep -v "^WARNING: Location" || true; }; \
+		test $${PIPESTATUS[0]} -eq 0
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies (torch 2.14.1, torchvision 0.29.1, ...)
