@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from croco.bench.model import append_row, bench_step, forward_flops_per_pair, main, preset_kwargs
+from croco.bench.model import bench_step, forward_flops_per_pair, main, preset_kwargs
+from croco.bench.record import append_row
 from croco.models import CroCoNet
 
 

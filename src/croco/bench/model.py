@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from croco.bench.record import append_row
 from croco.models import CroCoNet, MaskedMSE
 from croco.models.masking import num_masked
 
@@ -110,25 +111,6 @@ def set_fused_attn(model: torch.nn.Module, fused: bool) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = fused
-
-
-def append_row(path: Path, header: str, columns: list[str], row: list[str]) -> None:
-    """Append a markdown table row under ``## header`` in ``path`` (section and table created when missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nRows appended by `make bench` / `python -m croco.bench.*`.\n"
-    table_head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    line = "| " + " | ".join(row) + " |\n"
-    marker = f"## {header}\n"
-    if marker not in text:
-        text = text.rstrip("\n") + f"\n\n{marker}\n{table_head}"
-        text += line
-    else:
-        start = text.index(marker) + len(marker)
-        nxt = text.find("\n## ", start)
-        end = len(text) if nxt == -1 else nxt + 1
-        section = text[start:end].rstrip("\n") + "\n" + line
-        text = text[:start] + section + ("\n" if nxt != -1 else "") + text[end:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

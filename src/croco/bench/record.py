@@ -1,0 +1,36 @@
+"""Recording benchmark results: one markdown table per section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["append_row"]
+
+
+def append_row(path: Path, section: str, columns: list[str], row: list[str], intro: str | None = None) -> None:
+    """Append ``row`` to the table under ``## section`` of ``path``; other sections stay as they are.
+
+    The file, the section (with ``intro`` under its heading) and the table header are created when missing;
+    a changed column list starts a new table in the section. Written to a temporary file, then renamed."""
+    heading = f"## {section}"
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    line = "| " + " | ".join(row) + " |"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nRows appended by `make bench` (`python -m croco.bench.*`).\n"
+    lines = text.rstrip("\n").split("\n")
+    if heading not in lines:
+        lines += ["", heading, ""] + ([intro, ""] if intro else []) + [header, rule, line]
+    else:
+        start = lines.index(heading)
+        end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+        while end > start + 1 and not lines[end - 1].strip():
+            end -= 1
+        if header not in lines[start:end]:
+            lines[end:end] = ["", header, rule]
+            end += 3
+        lines.insert(end, line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
