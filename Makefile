@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install pretrain smoke test test-slow test-all bench lint clean
+.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,14 +27,14 @@ pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated i
 smoke: $(STAMP)  ## a tiny CroCo that visibly learns on a CPU in minutes
 	$(PY) train.py experiment=smoke
 
-test: $(STAMP)  ## the test suite without the slow tests (what CI runs)
+test: $(STAMP)  ## every test, slow ones included (what CI runs; ~3 min on 2 cores)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the suite without the tests marked slow (>20 s each: DDP, multirun, overfitting)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-test-slow: $(STAMP)  ## only the slow tests (DDP, multirun, long overfits)
+test-slow: $(STAMP)  ## only the slow tests
 	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
-
-test-all: $(STAMP)  ## every test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks: model step throughput, data pipeline, pair generation (rows go to docs/benchmarks.md)
 	$(PY) -m croco.bench.model

@@ -1,0 +1,277 @@
+"""Callbacks of the training runs: reconstruction panels, throughput and memory, checkpoints that resume
+exactly and are never half-written, and the export of the official ``.pth`` at the end of training."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from croco.tasks.reconstruction import fixed_mask, reconstruction_views, render_panel
+from croco.utils.hardware import memory_in_use_bytes, memory_label
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "ExportOfficialCheckpoint",
+    "ReconstructionPanels",
+    "RunCheckpoint",
+    "ThroughputMonitor",
+    "atomic_save_image",
+]
+
+log = logging.getLogger(__name__)
+
+
+def atomic_save_image(image: Any, path: Path) -> Path:
+    """Save a PIL image through a temporary file in the same folder and a rename: never a half PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class ReconstructionPanels(Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end of training): a panel of reference view |
+    masked view | reconstruction | target for ``num_samples`` pairs.
+
+    The pairs are spread over the first (non-sanity) validation epoch, evenly spaced batches and positions, so
+    they come from different scenes; until a validation has run, the current training batch is used. The mask is
+    fixed (``seed``), so successive panels show the same inputs under the same mask. Written as
+    ``<out_dir>/step_XXXXXX.png`` and, when a logger is W&B, logged with ``log_image`` under ``key``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num_samples: int = 4,
+        out_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        key: str = "val/reconstruction",
+    ):
+        if every_n_steps < 1 or num_samples < 1:
+            raise ValueError(
+                f"every_n_steps={every_n_steps}, num_samples={num_samples}: expected integers >= 1"
+            )
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.seed = seed
+        self.key = key
+        self._pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._from_validation = False
+        self._plan: dict[int, int] | None = None
+        self._collected: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._last_step = -1
+        self.written: list[Path] = []
+        self.failed_uploads = 0
+
+    def _take(self, batch: Any, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` (default ``num_samples``) samples at evenly spaced positions of a batch."""
+        size = batch["img1"].shape[0]
+        count = min(count or self.num_samples, size)
+        index = torch.linspace(0, size - 1, count).round().long()
+        return batch["img1"][index].detach().clone(), batch["img2"][index].detach().clone()
+
+    def sampling_plan(self, num_batches: float) -> dict[int, int]:
+        """Samples to take per validation batch: evenly spaced batches, shared round-robin."""
+        n = self.num_samples
+        if not math.isfinite(num_batches) or num_batches <= 1:
+            return {0: n}
+        last = int(num_batches) - 1
+        chosen = sorted({round(i * last / max(1, n - 1)) for i in range(n)})
+        plan = dict.fromkeys(chosen, 0)
+        for i in range(n):
+            plan[chosen[i % len(chosen)]] += 1
+        return plan
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._from_validation or trainer.sanity_checking or dataloader_idx != 0:
+            return
+        if self._plan is None:
+            num_batches = trainer.num_val_batches
+            self._plan = self.sampling_plan(num_batches[0] if isinstance(num_batches, list) else num_batches)
+        if batch_idx in self._plan:
+            self._collected.append(self._take(batch, self._plan[batch_idx]))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._collected and not self._from_validation:
+            img1 = torch.cat([a for a, _ in self._collected])[: self.num_samples]
+            img2 = torch.cat([b for _, b in self._collected])[: self.num_samples]
+            self._pairs, self._from_validation = (img1, img2), True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._pairs is None:
+            self._pairs = self._take(batch)
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self._last_step:
+            self.render(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._pairs is not None and trainer.global_step != self._last_step:
+            self.render(trainer, pl_module)
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        if self.out_dir is not None:
+            return self.out_dir
+        return Path(trainer.log_dir or trainer.default_root_dir) / "panels"
+
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+        """Draw and write the panel for the current step (global rank 0 only)."""
+        self._last_step = trainer.global_step
+        if not trainer.is_global_zero or self._pairs is None:
+            return None
+        net = pl_module.net
+        img1, img2 = (t.to(pl_module.device) for t in self._pairs)
+        grid = net.patch_embed.grid(*img1.shape[-2:])
+        mask = fixed_mask(
+            img1.shape[0], grid[0] * grid[1], pl_module.hparams.mask_ratio, self.seed, img1.device
+        )
+        was_training = net.training
+        net.eval()
+        try:
+            views = reconstruction_views(net, img1, img2, mask, norm_pix_loss=pl_module.hparams.norm_pix_loss)
+        finally:
+            net.train(was_training)
+        panel = render_panel(views)
+        path = atomic_save_image(panel, self._folder(trainer) / f"step_{trainer.global_step:06d}.png")
+        self.written.append(path)
+        caption = f"step {trainer.global_step}: reference | masked | reconstruction | target"
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                try:  # from the PNG on disk: no temporary copy in the system temp folder
+                    logger.log_image(
+                        key=self.key, images=[str(path)], step=trainer.global_step, caption=[caption]
+                    )
+                except Exception as error:  # noqa: BLE001 - a dashboard hiccup must not stop a training run
+                    self.failed_uploads += 1
+                    log.warning(
+                        "panel %s not sent to W&B (%d failures so far): %s", path, self.failed_uploads, error
+                    )
+        return path
+
+
+class ThroughputMonitor(Callback):
+    """Logs ``perf/pairs_per_s`` (all devices) and memory (``perf/cuda_max_allocated_gb`` on a GPU, else
+    ``perf/rss_gb`` of rank 0) every ``every_n_steps`` training batches, averaged over those batches. Validation
+    time is excluded; the first window of each epoch includes the data-loader start-up."""
+
+    def __init__(self, every_n_steps: int = 50):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}: expected an integer >= 1")
+        self.every_n_steps = every_n_steps
+        self._start: float | None = None
+        self._pairs = 0
+        self._batches = 0
+        self._paused: float | None = None
+        self.last_pairs_per_s: float | None = None
+
+    def _reset(self) -> None:
+        self._start, self._pairs, self._batches = time.perf_counter(), 0, 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._reset()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._paused = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._paused is not None and self._start is not None:
+            self._start += time.perf_counter() - self._paused
+        self._paused = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is None:
+            self._reset()
+        self._pairs += int(batch["img1"].shape[0]) * trainer.world_size
+        self._batches += 1
+        if self._batches < self.every_n_steps:
+            return
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self.last_pairs_per_s = self._pairs / elapsed
+        metrics = {
+            "perf/pairs_per_s": self.last_pairs_per_s,
+            f"perf/{memory_label(pl_module.device)}": memory_in_use_bytes(pl_module.device) / 1e9,
+        }
+        if (
+            trainer.is_global_zero
+        ):  # straight to the loggers: on our cadence, not only on Lightning's log steps
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        self._reset()
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also writes ``last`` at the very end of training.
+
+    Lightning's own end-of-training ``last`` is skipped once any step-triggered checkpoint was written, so a run
+    whose length is not a multiple of ``every_n_train_steps`` would resume from before its end."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints to ``.<name>.tmp-<pid>`` in the target folder, fsyncs, then ``os.replace``s.
+
+    Lightning's default goes through an fsspec transaction whose temporary file lives in the system temp
+    folder and is *moved* (copied across file systems) into place, so a crash can leave a truncated file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        if not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return None
+
+
+class ExportOfficialCheckpoint(Callback):
+    """At the end of training, write the network in the official ``{"model", "croco_kwargs"}`` layout to
+    ``path`` (readable by the official demo, DUSt3R and ``croco.models.load_official_checkpoint``)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.exported: Path | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        from croco.models import export_official_checkpoint
+
+        net = pl_module.net
+        if getattr(net, "decoder_type", "cross") != "cross":
+            log.warning("official export skipped: decoder=%s has no official layout", net.decoder_type)
+            return
+        self.exported = export_official_checkpoint(net, self.path)
+        log.info("exported the network in the official layout to %s", self.exported)

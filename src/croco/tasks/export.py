@@ -1,0 +1,76 @@
+"""Convert a Lightning pretraining checkpoint into the official CroCo ``.pth`` layout.
+
+    python -m croco.tasks.export logs/runs/pretrain/checkpoints/last.ckpt CroCo_ours.pth
+
+The output is ``{"model": state_dict, "croco_kwargs": {...}}``, the layout of the released CroCo v2 files, so the
+official demo, DUSt3R and ``croco.models.load_official_checkpoint`` read it. The checkpoint is loaded with
+``weights_only=True``; the network is rebuilt from the hyper-parameters the checkpoint carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from croco.models import CroCoNet, export_official_checkpoint
+
+__all__ = ["export_lightning_checkpoint", "load_task_network", "main"]
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported; the message names the file."""
+
+
+def load_task_network(ckpt_path: str | os.PathLike) -> CroCoNet:
+    """The CroCoNet stored in a ``PretrainTask`` checkpoint (hyper-parameters ``model`` + ``mask_ratio``)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such checkpoint file")
+    try:
+        ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{path}: not a readable Lightning checkpoint ({first})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "model" not in hparams:
+        raise ExportError(f"{path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
+    net = CroCoNet(**hparams["model"], mask_ratio=float(hparams.get("mask_ratio", 0.9)))
+    prefix = "net."
+    state = {
+        k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)
+    }  # fmt: skip
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ExportError(
+            f"{path}: weights do not match the stored model arguments ({str(e).splitlines()[0]})"
+        ) from None
+    return net
+
+
+def export_lightning_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the network of a Lightning checkpoint as an official ``.pth`` (atomically); returns the path."""
+    return export_official_checkpoint(load_task_network(ckpt_path), out_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m croco.tasks.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="Lightning checkpoint written by train.py (e.g. .../last.ckpt)")
+    parser.add_argument("output", help="path of the official-layout .pth to write")
+    args = parser.parse_args(argv)
+    try:
+        out = export_lightning_checkpoint(args.checkpoint, args.output)
+    except (ExportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

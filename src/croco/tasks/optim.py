@@ -1,0 +1,168 @@
+"""The CroCo optimisation recipe (croco-facts §3): AdamW with no weight decay on biases and 1-D parameters,
+lr = blr x effective batch / 256, and one per-step schedule: linear warm-up from 0, then half-cycle cosine.
+
+The schedule runs in *fractional epochs* with a cosine horizon (``epochs``) that is independent of where
+training stops (``trainer.max_epochs``): CroCo v1 warms up for 40 epochs, plans a cosine over 800 and stops at
+400, where the lr is still about half its peak. Every task shares these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OptimRecipe",
+    "WarmupCosineLambda",
+    "build_optimizer",
+    "build_scheduler",
+    "param_groups",
+    "scaled_lr",
+    "warmup_cosine_lr",
+]
+
+
+@dataclass(frozen=True)
+class OptimRecipe:
+    """Optimiser and schedule settings; the keys of ``conf/optim/*.yaml``.
+
+    ``lr`` null means ``blr * effective_batch / 256``; a number is used as is (no scaling).
+    ``epochs`` is the cosine horizon, in epochs (fractional epochs are allowed everywhere).
+    ``clip_grad`` null means no clipping (the official recipe); otherwise the max global L2 norm.
+    """
+
+    blr: float = 1.5e-4
+    lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_epochs: float = 40.0
+    epochs: float = 800.0
+    clip_grad: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.warmup_epochs < 0 or self.epochs <= self.warmup_epochs:
+            raise ValueError(
+                f"optim: need 0 <= warmup_epochs < epochs, got warmup_epochs={self.warmup_epochs}, epochs={self.epochs}"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | OptimRecipe | None) -> OptimRecipe:
+        """Build from a config mapping; unknown keys raise a one-line error listing the known ones."""
+        if isinstance(values, OptimRecipe):
+            return values
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"optim: unknown key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+
+def warmup_cosine_lr(
+    epoch: float, *, peak_lr: float, warmup_epochs: float, epochs: float, min_lr: float = 0.0
+) -> float:
+    """The learning rate at fractional ``epoch`` (the official ``adjust_learning_rate``).
+
+    ``epoch < warmup``: ``peak * epoch / warmup`` (starts at exactly 0). Afterwards
+    ``min_lr + (peak - min_lr) * 0.5 * (1 + cos(pi * (epoch - warmup) / (epochs - warmup)))``.
+    Past the horizon the official formula would rise again; here it stays at ``min_lr``.
+    """
+    if epoch < warmup_epochs:
+        return peak_lr * epoch / warmup_epochs
+    progress = min((epoch - warmup_epochs) / (epochs - warmup_epochs), 1.0)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class WarmupCosineLambda:
+    """``LambdaLR`` factor at optimizer step ``k``: ``warmup_cosine_lr(k / steps_per_epoch) / peak``.
+
+    A dataclass rather than a closure, so ``LambdaLR.state_dict()`` stores (and a resume restores) its fields.
+    ``min_lr_ratio`` is ``min_lr / peak_lr`` so that every param group gets the same shape of schedule.
+    """
+
+    steps_per_epoch: float
+    warmup_epochs: float
+    epochs: float
+    min_lr_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_lr(
+            step / self.steps_per_epoch,
+            peak_lr=1.0,
+            warmup_epochs=self.warmup_epochs,
+            epochs=self.epochs,
+            min_lr=self.min_lr_ratio,
+        )
+
+
+def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Official rule: biases and every parameter with ndim <= 1 (LayerNorm weights and biases) get none."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Two AdamW groups: ``decay`` (weight matrices, conv kernels, mask token) and ``no_decay``.
+
+    Frozen parameters (``requires_grad=False``) are left out. Each group carries its ``names`` for inspection;
+    torch ignores extra keys in a param group.
+    """
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        if _no_weight_decay(name, param):
+            no_decay.append(param)
+            no_decay_names.append(name)
+        else:
+            decay.append(param)
+            decay_names.append(name)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names, "group": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names, "group": "no_decay"},
+    ]
+
+
+def scaled_lr(recipe: OptimRecipe, effective_batch_size: int) -> float:
+    """``recipe.lr`` when given, else ``blr * effective_batch_size / 256`` (the MAE/CroCo linear scaling rule)."""
+    if recipe.lr is not None:
+        return float(recipe.lr)
+    if effective_batch_size <= 0:
+        raise ValueError(f"effective batch size must be > 0, got {effective_batch_size}")
+    return recipe.blr * effective_batch_size / 256.0
+
+
+def build_optimizer(model: nn.Module, recipe: OptimRecipe, lr: float) -> torch.optim.AdamW:
+    groups = param_groups(model.named_parameters(), recipe.weight_decay)
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, eps=recipe.eps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: OptimRecipe, steps_per_epoch: float, peak_lr: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-optimizer-step ``LambdaLR``; at construction the lr is set to the step-0 value, i.e. 0."""
+    if steps_per_epoch <= 0 or not math.isfinite(steps_per_epoch):
+        raise ValueError(f"steps_per_epoch must be a positive finite number, got {steps_per_epoch}")
+    factor = WarmupCosineLambda(
+        steps_per_epoch=float(steps_per_epoch),
+        warmup_epochs=float(recipe.warmup_epochs),
+        epochs=float(recipe.epochs),
+        min_lr_ratio=(recipe.min_lr / peak_lr) if peak_lr > 0 else 0.0,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)

@@ -1,0 +1,98 @@
+"""Run a composed training config end to end: validate, build, resume or start, fit.
+
+``train.py`` is a thin Hydra entry point around :func:`train`; tests call :func:`train` with configs composed
+by ``hydra.compose``.
+
+Resuming: a run's checkpoints live in ``paths.ckpt_dir`` (``<ckpt_root>/<run_name>/checkpoints``), a folder that
+does not depend on the launch time. With ``ckpt_path: last`` (the default) a launch resumes from the newest of
+``last.ckpt`` and the SLURM pre-emption checkpoint ``hpc_ckpt_*.ckpt``, or starts fresh (and says so) when
+there is none. Global step, optimizer and scheduler state, loops and callbacks all continue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import croco.utils  # noqa: F401 - registers the croco.* resolvers
+from croco.utils.config import ConfigError, validate_train_config
+from croco.utils.instantiate import instantiate
+from croco.utils.logging import (
+    build_callbacks,
+    build_loggers,
+    finish_wandb,
+    get_logger,
+    log_hyperparameters,
+    route_lightning_logs_to_root,
+)
+
+__all__ = ["build_trainer", "resolve_resume_checkpoint", "train"]
+
+log = get_logger(__name__)
+
+
+def _checkpoints(folder: Path, pattern: str) -> list[Path]:
+    return [p for p in folder.glob(pattern) if p.is_file()] if folder.is_dir() else []
+
+
+def resolve_resume_checkpoint(ckpt_path: str | None, ckpt_dir: str | Path, hpc_dir: str | Path) -> str | None:
+    """``None`` -> start fresh; ``"last"`` -> newest of ``ckpt_dir/last*.ckpt`` and ``hpc_dir/hpc_ckpt_*.ckpt``
+    (or None with a log line when there is none); any other value must be an existing file."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) != "last":
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: no such checkpoint file; allowed: null, last, or a file path"
+            )
+        return str(ckpt_path)
+    candidates = _checkpoints(Path(ckpt_dir), "last*.ckpt") + _checkpoints(Path(hpc_dir), "hpc_ckpt_*.ckpt")
+    if not candidates:
+        log.info("no checkpoint in %s: starting a fresh run", ckpt_dir)
+        return None
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, int | float):
+            out[key] = float(value)
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the task of ``cfg`` and return the final logged metrics (floats)."""
+    route_lightning_logs_to_root()
+    validate_train_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the official code enables
+
+    ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.ckpt_dir, cfg.paths.run_dir)
+    datamodule = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    task.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    loggers = build_loggers(cfg.get("logger"), run_dir=cfg.paths.run_dir, resuming=ckpt_path is not None)
+    try:
+        trainer = build_trainer(cfg, callbacks, loggers)
+        log_hyperparameters(trainer.loggers, cfg, task)
+        log.info(
+            "run %s: checkpoints in %s, outputs in %s", cfg.run_name, cfg.paths.ckpt_dir, cfg.paths.output_dir
+        )
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        return _scalar_metrics(dict(trainer.callback_metrics))
+    finally:
+        finish_wandb()

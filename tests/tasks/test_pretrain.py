@@ -1,0 +1,82 @@
+"""PretrainTask: hyper-parameters, official-weight initialisation, deterministic training masks."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from croco.data.datamodule import PairDataModule
+from croco.models import CroCoNet, export_official_checkpoint
+from croco.tasks.pretrain import PretrainTask
+
+TINY = {"img_size": 64, "patch_size": 8, "enc_embed_dim": 32, "enc_depth": 1, "enc_num_heads": 2,
+        "dec_embed_dim": 32, "dec_depth": 1, "dec_num_heads": 2, "pos_embed": "RoPE100"}  # fmt: skip
+
+
+def test_hyperparameters_are_plain_values():
+    task = PretrainTask(model=TINY, mask_ratio=0.75, optim={"blr": 1e-3, "warmup_epochs": 1, "epochs": 5})
+    hp = dict(task.hparams)
+    assert hp["model"] == TINY and hp["mask_ratio"] == 0.75
+    assert hp["optim"]["blr"] == 1e-3 and hp["optim"]["betas"] == [0.9, 0.95]
+    assert all(isinstance(v, dict | float | int | bool | str | type(None)) for v in hp.values())
+    assert task.net.mask_generator.mask_ratio == 0.75
+    with pytest.raises(ValueError, match="mask_ratio belongs|the mask ratio is masking.ratio"):
+        PretrainTask(model={**TINY, "mask_ratio": 0.5})
+    with pytest.raises(ValueError, match="mask_ratio=1.0: expected a number strictly between 0 and 1"):
+        PretrainTask(model=TINY, mask_ratio=1.0)
+
+
+def test_training_masks_depend_on_seed_step_and_batch_only():
+    task = PretrainTask(model=TINY, mask_ratio=0.75, mask_seed=3)
+    a = task.training_mask(2, 64, batch_idx=0, device=torch.device("cpu"))
+    assert a.shape == (2, 64) and (a.sum(1) == 48).all()
+    assert torch.equal(a, task.training_mask(2, 64, batch_idx=0, device=torch.device("cpu")))
+    assert not torch.equal(a, task.training_mask(2, 64, batch_idx=1, device=torch.device("cpu")))
+    other_seed = PretrainTask(model=TINY, mask_ratio=0.75, mask_seed=4)
+    assert not torch.equal(a, other_seed.training_mask(2, 64, batch_idx=0, device=torch.device("cpu")))
+    assert PretrainTask(model=TINY, mask_seed=None).training_mask(2, 64, 0, torch.device("cpu")) is None
+
+
+def test_init_from_official_weights(tiny_shards, tmp_path, single_thread):
+    torch.manual_seed(1)
+    official = CroCoNet(**TINY)
+    path = export_official_checkpoint(official, tmp_path / "official.pth")
+    task = PretrainTask(model=TINY, init_from=str(path), optim={"warmup_epochs": 1, "epochs": 2})
+    assert not torch.equal(task.net.mask_token, official.mask_token)  # applied when fitting starts
+    datamodule = PairDataModule(sources=[str(tiny_shards)], img_size=64, transforms="crop64", batch_size=4,
+                                num_workers=0, pairs_per_epoch=4, val_fraction=0.0)  # fmt: skip
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(task, datamodule=datamodule)
+    # the first optimizer step runs at lr 0 (warm-up starts at 0), so the weights are still the official ones
+    for key, value in official.state_dict().items():
+        assert torch.equal(task.net.state_dict()[key], value), key
+
+
+def test_init_from_a_different_architecture_is_one_line(tmp_path):
+    path = export_official_checkpoint(CroCoNet(**{**TINY, "enc_embed_dim": 64}), tmp_path / "wide.pth")
+    task = PretrainTask(model=TINY, init_from=str(path))
+    with pytest.raises(ValueError) as err:
+        task._load_official_weights(path)
+    assert str(err.value).startswith(f"init_from={path}: weights do not fit the model preset")
+    assert "\n" not in str(err.value)
+
+
+def test_clip_grad_bounds_the_global_norm(tiny_shards, single_thread):
+    """optim.clip_grad clips the global L2 norm of the gradients that the optimizer step uses."""
+    norms: list[float] = []
+
+    class RecordNorm(pl.Callback):
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):  # grads of the step just taken
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if grads:
+                norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    task = PretrainTask(model=TINY, optim={"lr": 1e-3, "warmup_epochs": 0, "epochs": 2, "clip_grad": 1e-3})
+    datamodule = PairDataModule(sources=[str(tiny_shards)], img_size=64, transforms="crop64", batch_size=4,
+                                num_workers=0, pairs_per_epoch=8, val_fraction=0.0)  # fmt: skip
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordNorm()])  # fmt: skip
+    trainer.fit(task, datamodule=datamodule)
+    assert norms and all(n <= 1e-3 * (1 + 1e-4) for n in norms)
