@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import croco.utils  # noqa: F401 - registers the croco.* resolvers before Hydra composes
+import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers before Hydra composes
 from croco.utils.config import ConfigError, check_group_choices, validate_train_config
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"

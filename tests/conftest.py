@@ -95,7 +95,7 @@ def compose_config(overrides: list[str], root: Path, output_dir: Path | None = N
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import croco.utils  # noqa: F401 - resolvers
+    import croco.utils.resolvers  # noqa: F401 - resolvers
 
     GlobalHydra.instance().clear()
     try:

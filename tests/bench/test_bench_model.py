@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from croco.bench.model import bench_step, forward_flops_per_pair, main, preset_kwargs
+from croco.bench.model import bench_steps, forward_flops_per_pair, main, preset_kwargs
 from croco.bench.record import append_row
 from croco.models import CroCoNet
 
@@ -36,7 +36,9 @@ def test_append_row_creates_and_extends_sections(tmp_path):
 def test_bench_step_runs_a_real_update():
     model = CroCoNet(**preset_kwargs("tiny"))
     before = model.prediction_head.weight.detach().clone()
-    assert bench_step(model, 2, 64, 64, "fp32", torch.device("cpu"), steps=1, warmup=0) > 0
+    seconds = bench_steps(model, 2, 64, 64, "fp32", torch.device("cpu"), steps=1, warmup=0,
+                          variants=(("sdpa", True), ("manual", False)))  # fmt: skip
+    assert set(seconds) == {"sdpa", "manual"} and min(seconds.values()) > 0
     assert not torch.equal(before, model.prediction_head.weight)
 
 

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import io
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from croco.bench.model import ROOT
-from croco.bench.record import append_row
+from croco.bench.record import append_row, cpu_name
 from croco.data.shards import PairRecord, ShardReader, ShardWriter, _simplejpeg, _torchvision_decoder
 
 SECTION = "Data pipeline"
@@ -223,16 +222,6 @@ def bench_dataloader(folder: Path, workers: int, batches: int, batch_size: int) 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers have been joined by now
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return done / cpu
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

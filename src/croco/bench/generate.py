@@ -17,14 +17,13 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from croco.bench.record import append_row
+from croco.bench.record import append_row, cpu_name
 
 SECTION = "Pair generation"
 SECTION_INTRO = (
@@ -49,16 +48,6 @@ COLUMNS = (
     "accept",
     "load",
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def stage_costs(resolution: int, repeats: int = 12) -> dict[str, float]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import platform
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from croco.bench.record import append_row
+from croco.bench.record import append_row, cpu_name
 from croco.models import CroCoNet, MaskedMSE
 from croco.models.masking import num_masked
 
@@ -63,6 +62,14 @@ def forward_flops_per_pair(kw: dict, height: int, width: int, mask_ratio: float)
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
     """Measured GFLOP/s of large square matmuls in ``dtype`` (the yardstick for the step's efficiency)."""
+    probe = torch.randn(256, 256, device=device).to(dtype)
+    _sync(device)
+    start = time.perf_counter()
+    probe @ probe
+    _sync(device)
+    probe_rate = 2 * 256**3 / (time.perf_counter() - start) / 1e9
+    if probe_rate < 5.0:  # no fast kernels for this dtype (emulated): the large product would take minutes
+        return probe_rate
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b
@@ -72,8 +79,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seco
         a @ b
         n += 1
         _sync(device)
-        if n == 1 and time.perf_counter() - start > 10 * seconds:  # a dtype without fast kernels here
-            break
     return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
 
 
@@ -82,9 +87,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_step(model: CroCoNet, batch: int, height: int, width: int, precision: str, device: torch.device,
-               steps: int, warmup: int) -> float:  # fmt: skip
-    """Seconds per training step (median of ``steps`` after ``warmup``)."""
+def bench_steps(
+    model: CroCoNet, batch: int, height: int, width: int, precision: str, device: torch.device, steps: int,
+    warmup: int, variants: tuple[tuple[str, bool], ...] = (("sdpa", True),),
+) -> dict[str, float]:
+    """Median seconds per training step for each attention variant (name, fused). The variants alternate step
+    by step, so that load from other processes on a shared machine hits them alike."""
     criterion = MaskedMSE()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
     img1 = torch.randn(batch, 3, height, width, device=device)
@@ -92,19 +100,21 @@ def bench_step(model: CroCoNet, batch: int, height: int, width: int, precision: 
     autocast = (
         torch.autocast(device.type, dtype=DTYPES[precision]) if precision != "fp32" else contextlib.nullcontext()
     )
-    times = []
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
     for i in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        with autocast:
-            loss = criterion(*model(img1, img2))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, fused in variants:
+            set_fused_attn(model, fused)
+            _sync(device)
+            start = time.perf_counter()
+            with autocast:
+                loss = criterion(*model(img1, img2))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def set_fused_attn(model: torch.nn.Module, fused: bool) -> None:
@@ -137,14 +147,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.preset} {height}x{width} batch {args.batch} {args.precision} on {device}: "
           f"{flops / 1e9:.1f} GFLOP per pair per step; matmul peak {peak:.1f} GFLOP/s")  # fmt: skip
 
-    variants = [("sdpa", True)] + ([("manual", False)] if args.compare_manual else [])
-    results = {}
-    for name, fused in variants:
-        set_fused_attn(model, fused)
-        sec = bench_step(model, args.batch, height, width, args.precision, device, args.steps, args.warmup)
+    if args.precision != "fp32":
+        fp32_peak = matmul_peak(device, torch.float32)
+        if peak < 0.25 * fp32_peak:  # e.g. bf16 on a CPU without AVX512-BF16/AMX: emulated, hundreds of times slower
+            print(f"  no fast {args.precision} matmul kernels here ({peak:.2f} vs {fp32_peak:.0f} GFLOP/s in fp32): "
+                  f"a step would take hours; use --precision fp32 on this machine")  # fmt: skip
+            return
+
+    variants = (("sdpa", True),) + ((("manual", False),) if args.compare_manual else ())
+    results = bench_steps(model, args.batch, height, width, args.precision, device, args.steps, args.warmup, variants)
+    for name, sec in results.items():
         pairs = args.batch / sec
         achieved = flops * pairs / 1e9
-        results[name] = sec
         print(f"  attention={name:6s} {sec:7.3f} s/step  {pairs:7.2f} pairs/s  {achieved:7.1f} GFLOP/s  "
               f"{achieved / peak:6.1%} of peak")  # fmt: skip
         if not args.no_record:
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

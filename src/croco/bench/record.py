@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import platform
 from pathlib import Path
 
-__all__ = ["append_row"]
+from croco.utils.files import atomic_output
+
+__all__ = ["append_row", "cpu_name"]
 
 
 def append_row(path: Path, section: str, columns: list[str], row: list[str], intro: str | None = None) -> None:
@@ -30,7 +32,16 @@ def append_row(path: Path, section: str, columns: list[str], row: list[str], int
             lines[end:end] = ["", header, rule]
             end += 3
         lines.insert(end, line)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from croco.data.shards import ShardReader, list_shards
+from croco.utils.files import atomic_output
 
 PAD = 6  # pixels between and around cells
 GAP = 2  # pixels between image 1 and image 2 of a pair
@@ -73,15 +74,9 @@ def contact_sheet(
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write atomically (temporary file, then rename)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(path)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -24,7 +24,6 @@ import numpy as np
 from croco.data.cameras import camera_rays
 from croco.data.scenes import CLASS_ID, Scene, yaw_matrix
 
-
 _ALLOCATOR_TUNED = False
 
 

@@ -10,10 +10,10 @@ from croco.models.criterion import MaskedMSE
 from croco.models.croco import CroCoNet
 
 __all__ = [
+    "CheckpointError",
     "CroCoNet",
     "MaskedMSE",
-    "CheckpointError",
+    "export_official_checkpoint",
     "load_official_checkpoint",
     "read_official_checkpoint",
-    "export_official_checkpoint",
 ]

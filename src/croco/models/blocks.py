@@ -16,7 +16,7 @@ from torch import nn
 
 from croco.models.pos_embed import RoPE2D
 
-__all__ = ["Mlp", "Attention", "CrossAttention", "Block", "DecoderBlock", "PatchEmbed", "use_fused_attn"]
+__all__ = ["Attention", "Block", "CrossAttention", "DecoderBlock", "Mlp", "PatchEmbed", "use_fused_attn"]
 
 NormLayer = Callable[[int], nn.Module]
 

@@ -16,7 +16,6 @@ import inspect
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,15 @@ import torch
 
 from croco.models.croco import CroCoNet
 from croco.models.pos_embed import interpolate_pos_embed
+from croco.utils.files import atomic_output
 
 __all__ = [
     "CheckpointError",
-    "read_official_checkpoint",
-    "load_official_checkpoint",
-    "export_official_checkpoint",
-    "parse_model_string",
     "croco_kwarg_names",
+    "export_official_checkpoint",
+    "load_official_checkpoint",
+    "parse_model_string",
+    "read_official_checkpoint",
 ]
 
 
@@ -154,14 +154,6 @@ def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path
         raise ValueError(f"decoder={model.decoder_type!r} has no official equivalent; only 'cross' can be exported")
     kwargs = {k: v for k, v in model.croco_kwargs.items() if k != "decoder"}
     state = {k.replace("_orig_mod.", ""): v.detach().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save({"model": state, "croco_kwargs": kwargs}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)

@@ -27,7 +27,7 @@ from croco.models.blocks import Block, DecoderBlock, NormLayer, PatchEmbed
 from croco.models.masking import RandomMask
 from croco.models.pos_embed import RoPE2D, rope_base_from_name, sincos_pos_embed_2d
 
-__all__ = ["CroCoNet", "DECODERS"]
+__all__ = ["DECODERS", "CroCoNet"]
 
 DECODERS = ("cross", "cat")
 
@@ -45,7 +45,7 @@ class CroCoNet(nn.Module):
         dec_depth: int = 8,
         dec_num_heads: int = 16,
         mlp_ratio: float = 4,
-        norm_layer: NormLayer = partial(nn.LayerNorm, eps=1e-6),
+        norm_layer: NormLayer = partial(nn.LayerNorm, eps=1e-6),  # noqa: B008 - the official signature
         norm_im2_in_dec: bool = True,
         pos_embed: str = "cosine",
         decoder: str = "cross",
@@ -54,12 +54,12 @@ class CroCoNet(nn.Module):
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
         img_size = img_size if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-        self.croco_kwargs: dict[str, Any] = dict(
-            img_size=img_size, patch_size=patch_size, mask_ratio=mask_ratio,
-            enc_embed_dim=enc_embed_dim, enc_depth=enc_depth, enc_num_heads=enc_num_heads,
-            dec_embed_dim=dec_embed_dim, dec_depth=dec_depth, dec_num_heads=dec_num_heads,
-            mlp_ratio=mlp_ratio, norm_im2_in_dec=norm_im2_in_dec, pos_embed=pos_embed, decoder=decoder,
-        )  # fmt: skip
+        self.croco_kwargs: dict[str, Any] = {  # the constructor arguments, as plain data (export, checkpoints)
+            "img_size": img_size, "patch_size": patch_size, "mask_ratio": mask_ratio,
+            "enc_embed_dim": enc_embed_dim, "enc_depth": enc_depth, "enc_num_heads": enc_num_heads,
+            "dec_embed_dim": dec_embed_dim, "dec_depth": dec_depth, "dec_num_heads": dec_num_heads,
+            "mlp_ratio": mlp_ratio, "norm_im2_in_dec": norm_im2_in_dec, "pos_embed": pos_embed, "decoder": decoder,
+        }  # fmt: skip
         self.decoder_type = decoder
 
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, enc_embed_dim)
@@ -139,7 +139,7 @@ class CroCoNet(nn.Module):
         B, N, _ = x.shape
         p = self.patch_size
         if grid is None:
-            side = int(round(N**0.5))
+            side = round(N**0.5)
             if side * side != N:
                 raise ValueError(f"unpatchify: {N} tokens are not a square grid; pass grid=(h, w)")
             grid = (side, side)
@@ -171,7 +171,7 @@ class CroCoNet(nn.Module):
             x = x + self._sincos("enc_pos_embed", self.patch_embed.grid(*image.shape[-2:]))
         posvis = pos
         if mask is not None:
-            B, N, C = x.shape
+            B, _, C = x.shape
             x = x[~mask].view(B, -1, C)
             posvis = pos[~mask].view(B, -1, 2)
         outputs = []

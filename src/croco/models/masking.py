@@ -22,9 +22,17 @@ class RandomMask:
             raise ValueError(f"mask_ratio={mask_ratio}: expected a value in [0, 1)")
         self.mask_ratio = mask_ratio
 
-    def __call__(self, batch: int, num_patches: int, device: torch.device | None = None) -> torch.Tensor:
-        noise = torch.rand(batch, num_patches, device=device)
-        return noise.argsort(dim=1) < num_masked(num_patches, self.mask_ratio)
+    def __call__(
+        self,
+        batch: int,
+        num_patches: int,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw masks on ``device``; with a (CPU) ``generator`` they are reproducible on any device."""
+        noise = torch.rand(batch, num_patches, generator=generator)
+        mask = noise.argsort(dim=1) < num_masked(num_patches, self.mask_ratio)
+        return mask.to(device) if device is not None else mask
 
     def __repr__(self) -> str:
         return f"RandomMask(mask_ratio={self.mask_ratio})"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["sincos_pos_embed_2d", "resample_pos_embed", "interpolate_pos_embed", "RoPE2D", "rope_base_from_name"]
+__all__ = ["RoPE2D", "interpolate_pos_embed", "resample_pos_embed", "rope_base_from_name", "sincos_pos_embed_2d"]
 
 
 def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:

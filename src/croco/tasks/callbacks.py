@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from croco.tasks.reconstruction import fixed_mask, reconstruction_views, render_panel
+from croco.utils.files import atomic_output
 from croco.utils.hardware import memory_in_use_bytes, memory_label
 
 __all__ = [
@@ -34,13 +35,8 @@ log = logging.getLogger(__name__)
 
 def atomic_save_image(image: Any, path: Path) -> Path:
     """Save a PIL image through a temporary file in the same folder and a rename: never a half PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -242,17 +238,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
         if not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_output(path) as tmp:
+            torch.save(checkpoint, tmp)
         return None
 
 

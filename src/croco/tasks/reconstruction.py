@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from croco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from croco.models.masking import RandomMask
 
 __all__ = [
     "PANEL_COLUMNS",
@@ -64,10 +65,7 @@ def fixed_mask(
 
     Used for validation and panels, so the metric and the pictures do not change because the mask did.
     """
-    generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.rand(batch, num_patches, generator=generator)
-    mask = noise.argsort(dim=1) < int(ratio * num_patches)
-    return mask.to(device) if device is not None else mask
+    return RandomMask(ratio)(batch, num_patches, device, generator=torch.Generator().manual_seed(int(seed)))
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import croco.utils  # noqa: F401 - registers the croco.* resolvers
+import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers
 from croco.utils.config import ConfigError, validate_train_config
 from croco.utils.instantiate import instantiate
 from croco.utils.logging import (

@@ -1,10 +1,3 @@
-"""Shared helpers: config resolvers and validation, the instantiation allow-list, logging, hardware queries.
-
-Importing this package registers the ``croco.*`` OmegaConf resolvers used by ``conf/``.
+"""Shared helpers: config resolvers and validation, the instantiation allow-list, logging, hardware queries,
+atomic file output. Importing ``croco.utils.resolvers`` registers the ``croco.*`` OmegaConf resolvers of ``conf/``.
 """
-
-from croco.utils.resolvers import register_resolvers
-
-register_resolvers()
-
-__all__ = ["register_resolvers"]

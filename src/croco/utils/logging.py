@@ -17,6 +17,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from croco.utils.files import atomic_output
 from croco.utils.instantiate import instantiate
 
 __all__ = [
@@ -63,10 +64,8 @@ def stable_wandb_id(run_dir: str | os.PathLike, resuming: bool) -> str:
         if stored:
             return stored
     run_id = uuid.uuid4().hex[:12]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(run_id + "\n")
     return run_id
 
 

@@ -132,3 +132,6 @@ def register_resolvers() -> None:
     )
     OmegaConf.register_new_resolver("croco.run_name", _run_name, replace=True)
     OmegaConf.register_new_resolver("croco.sweep_group", _sweep_group, replace=True)
+
+
+register_resolvers()
