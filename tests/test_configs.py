@@ -137,6 +137,12 @@ def test_mask_ratio_outside_open_interval(compose_train, ratio):
     assert "strictly between 0 and 1" in message
 
 
+def test_mask_ratio_that_masks_no_patch(compose_train):
+    cfg = compose_train("model=tiny", "data.img_size=64", "masking.ratio=0.01")  # 64 patches: int(0.64) = 0
+    with pytest.raises(ConfigError, match=r"masking.ratio=0.01: masks no patch of the 8x8 grid"):
+        validate_train_config(cfg, check_data=False)
+
+
 def test_image_size_not_divisible_by_patch(compose_train):
     cfg = compose_train("model.img_size=100", "data.img_size=100")
     with pytest.raises(ConfigError, match=r"^model.img_size=100: not divisible by model.patch_size=16; allowed: "
@@ -293,3 +299,10 @@ def test_sweep_group_and_run_names_in_a_multirun():
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     assert cfg.logger.wandb.group == "smoke-2026-01-01_00-00"
+
+
+@pytest.mark.parametrize("debug", ["limit", "overfit"])
+def test_debug_runs_never_share_the_real_runs_folder(compose_train, debug):
+    real = compose_train("experiment=smoke")
+    trial = compose_train("experiment=smoke", f"debug={debug}")
+    assert trial.run_name == f"debug/{real.run_name}" and trial.paths.ckpt_dir != real.paths.ckpt_dir

@@ -181,6 +181,11 @@ def test_resume_keeps_finished_shards_and_refuses_other_settings(reference_run, 
     _assert_same(_records(folder), _records(tmp_path))
     with pytest.raises(ValueError, match=r"shard-00000.h5: existing shard has seed=1, this run wants 3"):
         generate_pairs(tmp_path, 8, seed=3, overlap_min=0.1, overlap_max=0.9, **SMALL)
+    # settings that change which pairs come out or how they are encoded are compared too
+    with pytest.raises(ValueError, match=r"existing shard has pair_options=.*max_second_attempts"):
+        generate_pairs(tmp_path, 8, seed=1, overlap_min=0.1, overlap_max=0.9, **{**SMALL, "max_second_attempts": 7})
+    with pytest.raises(ValueError, match=r"existing shard has jpeg_quality=95, this run wants 80"):
+        generate_pairs(tmp_path, 8, seed=1, overlap_min=0.1, overlap_max=0.9, **{**SMALL, "jpeg_quality": 80})
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):

@@ -174,13 +174,16 @@ def test_finish_batch_and_single_pair_apply() -> None:
     )
     torch.testing.assert_close(jittered["img2"], normalize(view2), atol=1e-5, rtol=0)
 
+    # the plain-function path against torchvision's own ops applied in the drawn order with the drawn factors
     transform = PairTransform(parse_transforms("crop12+acolor", 12))
     image = coordinate_image(16)
     x1, x2 = transform.apply(image, image, random.Random(0))
     sample = transform(torch.from_numpy(image), torch.from_numpy(image), random.Random(0))
-    reference = finish_batch({k: v.unsqueeze(0) for k, v in sample.items()})
     assert x1.shape == (3, 12, 12)
-    torch.testing.assert_close(x1, reference["img1"][0])
-    torch.testing.assert_close(x2, reference["img2"][0])
+    for view, out in ((0, x1), (1, x2)):
+        expected = sample[f"img{view + 1}"].permute(2, 0, 1).float() / 255
+        for op, factor in zip(sample["jitter"][view, 0].long().tolist(), sample["jitter"][view, 1].tolist()):
+            expected = TORCHVISION_OPS[op](expected, factor)
+        torch.testing.assert_close(out, normalize(expected[None])[0], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"expected uint8 \(B, H, W, 3\)"):
         finish_batch({"img1": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "img2": uint8})

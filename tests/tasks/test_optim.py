@@ -15,6 +15,7 @@ from croco.tasks.optim import (
     build_optimizer,
     build_scheduler,
     param_groups,
+    rebase_scheduler,
     scaled_lr,
     warmup_cosine_lr,
 )
@@ -142,3 +143,23 @@ def test_frozen_parameters_are_left_out():
     opt = build_optimizer(net, OptimRecipe(), 1e-3)
     assert opt.defaults["betas"] == (0.9, 0.95)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters())) - 1
+
+
+def test_rebase_keeps_the_epoch_position_when_steps_per_epoch_and_peak_change():
+    recipe = OptimRecipe(warmup_epochs=2, epochs=10, min_lr=1e-6)
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, recipe, lr=1e-3)
+    sched = build_scheduler(opt, recipe, steps_per_epoch=100, peak_lr=1e-3)
+    for _ in range(350):  # epoch 3.5 of a run with 100 steps per epoch
+        opt.step()
+        sched.step()
+    assert rebase_scheduler(sched, steps_per_epoch=100, peak_lr=1e-3, min_lr=1e-6) is None  # nothing changed
+    # relaunched with twice the devices: 50 steps per epoch, lr scaled x2 -> same epoch, new peak
+    assert rebase_scheduler(sched, steps_per_epoch=50, peak_lr=2e-3, min_lr=1e-6) == pytest.approx(3.5)
+    assert sched.last_epoch == 175
+    expected = warmup_cosine_lr(3.5, peak_lr=2e-3, warmup_epochs=2, epochs=10, min_lr=1e-6)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([expected] * len(opt.param_groups))
+    opt.step()
+    sched.step()  # and it continues along the new schedule
+    expected = warmup_cosine_lr(176 / 50, peak_lr=2e-3, warmup_epochs=2, epochs=10, min_lr=1e-6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected)

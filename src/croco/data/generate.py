@@ -456,6 +456,10 @@ class GeneratorConfig:
             "overlap_min": float(options.overlap_min),
             "overlap_max": float(options.overlap_max),
             "covisibility_rtol": float(options.rtol),
+            # every other option that changes which pairs come out (and how they are encoded)
+            "pair_options": {k: v for k, v in dataclasses.asdict(options).items()
+                             if k not in ("task", "overlap_min", "overlap_max", "rtol", "rules")},
+            "scene_dataset_config": self.scene_dataset_config or "",
             "with_depth": bool(self.depth or options.task != "pretrain"),
             "world_frame": "y up, floor at y=0, metres",
             "camera_axes": "OpenCV (x right, y down, z forward); poses camera-to-world",
@@ -588,6 +592,7 @@ def _check_existing(path: Path, config: GeneratorConfig, job: ShardJob) -> None:
     reader = ShardReader(path)
     expected = {**config.shard_attrs(), "shard_index": job.index, "first_pair": job.first_pair}
     expected["resolution"] = [config.resolution, config.resolution]
+    expected["jpeg_quality"] = config.jpeg_quality  # a schema attribute, written by the ShardWriter
     found = dict(reader.attrs)
     for key, value in expected.items():
         if _normalise_attr(found.get(key)) != _normalise_attr(value):

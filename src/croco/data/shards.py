@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -458,6 +458,8 @@ class ShardWriter:
             handle.attrs["pair_count"] = self._count
             handle.close()
             self._file = None
+            with open(self.tmp_path, "rb+") as f:  # on disk before the rename makes it a finished shard
+                os.fsync(f.fileno())
             os.replace(self.tmp_path, self.path)
             self._blob_path.unlink(missing_ok=True)
         except BaseException:
@@ -623,7 +625,7 @@ class ShardReader:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except OSError as error:
                 raise ShardError(f"{self.path}: cannot reopen shard: {error}") from None
-            _OPEN_SHARDS.touch(self)
+        _OPEN_SHARDS.touch(self)  # every read marks the shard as recently used
         return self._fd
 
     def _dataset(self, name: str) -> h5py.Dataset:
@@ -744,7 +746,3 @@ def list_shards(folder: str | os.PathLike) -> list[Path]:
         raise ShardError(f"{path}: no shards (*.h5) in folder")
     return shards
 
-
-def open_shards(paths: Sequence[str | os.PathLike]) -> list[ShardReader]:
-    """Readers for several shard files (each validated; the first bad file raises its ShardError)."""
-    return [ShardReader(p) for p in paths]

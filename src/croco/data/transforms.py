@@ -14,7 +14,8 @@ The transform grammar follows the official CroCo ``--transforms`` string: ``'+'`
 ``crop<S>`` (or ``crop`` = crop to ``img_size``; ``crop<H>x<W>`` for non-square), ``resize<S>`` (shorter side to S
 before cropping, for output sizes the sources do not cover), ``acolor`` (asymmetric colour jitter: brightness,
 contrast and saturation factors each uniform in [0.6, 1.4], hue 0, random order, drawn afresh for each view).
-Colour-jitter semantics are exactly torchvision's ``ColorJitter`` (checked in tests/data/test_transforms.py).
+Colour-jitter semantics are torchvision's ``ColorJitter`` on float tensors (checked in tests/data/test_transforms.py);
+the official code jitters PIL uint8 images, which rounds after each op (at most about 1/255 per op).
 """
 
 from __future__ import annotations
@@ -190,8 +191,9 @@ class PairTransform:
     def check_source_size(self, height: int, width: int) -> None:
         """Raise ValueError if images of this size cannot produce the output size."""
         if self.spec.resize:
-            scale = self.spec.resize / min(height, width)
-            height, width = round(height * scale), round(width * scale)
+            short, long = sorted((height, width))
+            long = int(self.spec.resize * long / short)  # torchvision's rule for the longer side
+            height, width = (self.spec.resize, long) if height <= width else (long, self.spec.resize)
         crop_h, crop_w = self.spec.crop
         if crop_h > height or crop_w > width:
             raise ValueError(

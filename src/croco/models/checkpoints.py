@@ -119,13 +119,13 @@ def load_official_checkpoint(path: str | os.PathLike, **overrides: Any) -> CroCo
     kwargs.update(_check_kwargs(overrides, "overrides"))
     model = CroCoNet(**kwargs)
     interpolate_pos_embed(model, state)
-    result = _load_strict(model, state)
+    result = load_strict(model, state)
     if result:
         raise CheckpointError(f"{path}: weights do not match CroCoNet({_short(kwargs)}): {result}")
     return model
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
     """Load strictly; return '' on success, else a one-line description of the mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]

@@ -73,43 +73,32 @@ def rope_base_from_name(pos_embed: str) -> float:
 class RoPE2D(nn.Module):
     """2-D rotary position embedding applied to q or k of shape (B, heads, N, Dh), positions (B, N, 2) = (y, x).
 
-    Pure PyTorch and stateless (no parameters or buffers, so it adds nothing to the state dict). The angle
-    tables are computed in float32 and cast to the token dtype, like the official CUDA kernel does internally.
+    Pure PyTorch and stateless (no parameters or buffers, so it adds nothing to the state dict). Angles are
+    ``position * inv_freq`` in float32 (the values of the official cos/sin tables) and cast to the token dtype,
+    as the official CUDA kernel computes internally. They are computed from the positions directly rather than
+    looked up in a table sized by ``positions.max()``, which would synchronise a GPU in every attention layer.
     """
 
     def __init__(self, base: float = 100.0, f0: float = 1.0):
         super().__init__()
         self.base = base
         self.f0 = f0
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _tables(self, dim: int, length: int, device: torch.device, dtype: torch.dtype):
-        key = (dim, length, device, dtype)
-        if key not in self._cache:
-            inv_freq = self.f0 / self.base ** (torch.arange(0, dim, 2, device=device).float() / dim)
-            angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-            angles = torch.cat([angles, angles], dim=-1)  # (length, dim): channel j and j+dim/2 share an angle
-            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
-        return self._cache[key]
-
-    @staticmethod
-    def _rotate_1d(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        cos = F.embedding(pos, cos)[:, None]  # (B, 1, N, dim)
-        sin = F.embedding(pos, sin)[:, None]
-        half = x.shape[-1] // 2
+    def _rotate_1d(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        dim = x.shape[-1]
+        inv_freq = self.f0 / self.base ** (torch.arange(0, dim, 2, device=x.device).float() / dim)
+        angles = pos.float()[..., None] * inv_freq  # (B, N, dim/2)
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # channel j and j + dim/2 share an angle
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        half = dim // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        head_dim = tokens.shape[-1]
-        if head_dim % 4 != 0:
-            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {head_dim}")
-        dim = head_dim // 2
-        cos, sin = self._tables(dim, int(positions.max()) + 1, tokens.device, tokens.dtype)
+        if tokens.shape[-1] % 4 != 0:
+            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {tokens.shape[-1]}")
         y, x = tokens.chunk(2, dim=-1)
-        y = self._rotate_1d(y, positions[..., 0], cos, sin)
-        x = self._rotate_1d(x, positions[..., 1], cos, sin)
-        return torch.cat([y, x], dim=-1)
+        return torch.cat([self._rotate_1d(y, positions[..., 0]), self._rotate_1d(x, positions[..., 1])], dim=-1)
 
     def extra_repr(self) -> str:
         return f"base={self.base}, f0={self.f0}"

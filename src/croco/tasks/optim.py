@@ -22,6 +22,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "param_groups",
+    "rebase_scheduler",
     "scaled_lr",
     "warmup_cosine_lr",
 ]
@@ -166,3 +167,35 @@ def build_scheduler(
         min_lr_ratio=(recipe.min_lr / peak_lr) if peak_lr > 0 else 0.0,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+
+
+def rebase_scheduler(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: float, peak_lr: float, min_lr: float = 0.0
+) -> float | None:
+    """Move a restored schedule onto this launch's steps per epoch and peak lr, keeping its position in epochs.
+
+    A resumed run may have another device count, accumulation or ``limit_train_batches`` than the run that wrote
+    the checkpoint; the restored ``LambdaLR`` would otherwise keep the old step length and peak. Returns the epoch
+    the schedule stands at when something changed, else None."""
+    factors = scheduler.lr_lambdas
+    if not all(isinstance(f, WarmupCosineLambda) for f in factors):
+        return None
+    old = factors[0]
+    same_length = math.isclose(old.steps_per_epoch, steps_per_epoch)
+    if same_length and all(math.isclose(b, peak_lr) for b in scheduler.base_lrs):
+        return None
+    epoch = scheduler.last_epoch / old.steps_per_epoch
+    fresh = WarmupCosineLambda(
+        steps_per_epoch=float(steps_per_epoch),
+        warmup_epochs=old.warmup_epochs,
+        epochs=old.epochs,
+        min_lr_ratio=(min_lr / peak_lr) if peak_lr > 0 else 0.0,
+    )
+    scheduler.lr_lambdas = [fresh for _ in factors]
+    scheduler.base_lrs = [peak_lr for _ in scheduler.base_lrs]
+    scheduler.last_epoch = round(epoch * steps_per_epoch)
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = peak_lr
+        group["lr"] = peak_lr * fresh(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    return epoch

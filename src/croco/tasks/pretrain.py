@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from croco.models import CroCoNet, MaskedMSE
-from croco.models.checkpoints import read_official_checkpoint
+from croco.models.checkpoints import load_strict, read_official_checkpoint
 from croco.models.pos_embed import interpolate_pos_embed
-from croco.tasks.optim import OptimRecipe, build_optimizer, build_scheduler, scaled_lr
+from croco.tasks.optim import OptimRecipe, build_optimizer, build_scheduler, rebase_scheduler, scaled_lr
 from croco.tasks.reconstruction import fixed_mask, masked_psnr, patches_to_rgb, unnormalize_prediction
 
 __all__ = ["PretrainTask", "effective_batch_size", "steps_per_epoch"]
@@ -81,8 +81,8 @@ class PretrainTask(pl.LightningModule):
             weights initialise the network when fitting starts; the architecture must match the preset (cosine
             buffers are resampled to the preset's image size).
         mask_seed: training masks are drawn from a generator seeded by (mask_seed, global step, batch index,
-            rank), so a resumed run sees exactly the masks of an uninterrupted one; null draws them from the
-            global RNG like the official code (not reproducible across a resume).
+            rank), so a run resumed at an epoch boundary sees exactly the masks of an uninterrupted one; null
+            draws them from the global RNG like the official code (not reproducible across a resume).
     """
 
     def __init__(
@@ -126,17 +126,12 @@ class PretrainTask(pl.LightningModule):
     def _load_official_weights(self, path: Path) -> None:
         kwargs, state = read_official_checkpoint(path)
         state = interpolate_pos_embed(self.net, dict(state))
-        own = self.net.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            first = (shapes or missing or unexpected)[0]
+        mismatch = load_strict(self.net, state)
+        if mismatch:
             raise ValueError(
-                f"init_from={path}: weights do not fit the model preset ({len(missing)} missing, {len(unexpected)} "
-                f"unexpected, {len(shapes)} mis-shaped keys, e.g. {first}; checkpoint: {kwargs or 'CroCoNet defaults'})"
+                f"init_from={path}: weights do not fit the model preset: {mismatch} "
+                f"(checkpoint: {kwargs or 'CroCoNet defaults'})"
             )
-        self.net.load_state_dict(state, strict=True)
         log.info("initialised the network from %s", path)
 
     def on_fit_start(self) -> None:
@@ -187,13 +182,25 @@ class PretrainTask(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm
                                 or "norm")  # fmt: skip
 
+    def on_train_start(self) -> None:
+        """A resumed run keeps its place in the schedule (in epochs) when this launch has another number of
+        optimizer steps per epoch or another peak lr (devices, nodes, accumulation, limit_train_batches)."""
+        scheduler = self.lr_schedulers()
+        epoch = rebase_scheduler(scheduler, self.steps_per_epoch, self.peak_lr, self.recipe.min_lr)
+        if epoch is not None:
+            log.warning(
+                "resumed schedule re-based at epoch %.3f onto %d steps per epoch and peak lr %.3g (the checkpoint "
+                "was written with other devices, accumulation or batch limits)", epoch, self.steps_per_epoch,
+                self.peak_lr,
+            )  # fmt: skip
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the global gradient norm (before clipping) on logging steps; the official code computes it too."""
-        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-            if grads:
-                norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        """Log the global gradient norm (before clipping), as the official trainer computes it. Computed every
+        step so that whatever step Lightning flushes shows its own value."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(
@@ -223,11 +230,14 @@ class PretrainTask(pl.LightningModule):
                 "lower optim.blr or set optim.clip_grad"
             )
         batch_size = img1.shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        # averaged over ranks, as the official trainer logs it
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size,
+                 sync_dist=True)  # fmt: skip
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  prog_bar=True, batch_size=batch_size)  # fmt: skip
         if self.steps_per_epoch:  # fractional epochs: the schedule's x-axis, comparable across batch sizes
-            self.log("train/epoch", self.global_step / self.steps_per_epoch, on_step=True, on_epoch=False,
+            scheduler = self.lr_schedulers()
+            self.log("train/epoch", scheduler.last_epoch / self.steps_per_epoch, on_step=True, on_epoch=False,
                      batch_size=batch_size)  # fmt: skip
         return loss
 

@@ -63,6 +63,12 @@ def _check_model(cfg: DictConfig) -> None:
     pos = _get(cfg, "model.pos_embed", "cosine")
     if pos != "cosine" and not re.fullmatch(r"RoPE\d+(\.\d+)?", str(pos)):
         raise ConfigError(f"model.pos_embed={pos!r}: expected cosine or RoPE<base> (e.g. RoPE100)")
+    ratio = _get(cfg, "masking.ratio")
+    if isinstance(ratio, int | float) and int(ratio * (h // patch) * (w // patch)) < 1:
+        raise ConfigError(
+            f"masking.ratio={ratio}: masks no patch of the {h // patch}x{w // patch} grid; allowed: at least "
+            f"{1 / ((h // patch) * (w // patch)):.4f}"
+        )
     data_size = _get(cfg, "data.img_size")
     if data_size is not None and _pair(data_size) != (h, w):
         raise ConfigError(
@@ -140,6 +146,8 @@ def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
         if not match or match["prefix"].startswith("~"):
             continue
         group, value = match["group"], match["value"].strip()
+        if group.startswith("hydra/"):  # launchers and sweepers also come from installed Hydra plugins
+            continue
         if not (conf_dir / group).is_dir() or value in ("", "null") or re.search(r"[\[\]()${}]", value):
             continue
         options = group_options(conf_dir, group)
