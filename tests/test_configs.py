@@ -99,6 +99,9 @@ def test_slurm_launcher_composes():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == launcher.gpus_per_node == 4 and launcher.nodes == 2
     assert launcher.max_num_timeout > 0
+    # SLURM sends the signal on which Lightning writes an hpc checkpoint and requeues
+    assert launcher.additional_parameters.signal.startswith("USR1@")
+    assert any(p.get("requeue_signal") == "SIGUSR1" for p in cfg.trainer.plugins)
 
 
 def test_loggers_and_callbacks_instantiate(compose_train, monkeypatch):
@@ -306,3 +309,32 @@ def test_debug_runs_never_share_the_real_runs_folder(compose_train, debug):
     real = compose_train("experiment=smoke")
     trial = compose_train("experiment=smoke", f"debug={debug}")
     assert trial.run_name == f"debug/{real.run_name}" and trial.paths.ckpt_dir != real.paths.ckpt_dir
+
+
+def test_multirun_with_subprocess_ddp_is_refused_but_spawn_and_slurm_pass(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="train"):
+        ddp = compose("train", overrides=["experiment=smoke", "trainer=ddp", "trainer.devices=2"],
+                      return_hydra_config=True)  # fmt: skip
+        spawn = compose("train", overrides=["experiment=smoke", "trainer=ddp_sim"], return_hydra_config=True)
+    with read_write(ddp.hydra):
+        ddp.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(ddp)
+    validate_train_config(ddp, check_data=False)  # a single run: Lightning relaunches only this job
+    for cfg in (ddp, spawn):
+        with read_write(cfg.hydra):
+            cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(ddp)
+    with pytest.raises(ConfigError, match=r"trainer.strategy: subprocess DDP on 2 devices inside a multirun"):
+        validate_train_config(ddp, check_data=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")  # under SLURM each rank is its own task: nothing is relaunched
+    validate_train_config(ddp, check_data=False)
+    monkeypatch.delenv("SLURM_PROCID")
+    HydraConfig.instance().set_config(spawn)
+    validate_train_config(spawn, check_data=False)
+    HydraConfig.instance().cfg = None  # leave no multirun state to the tests that follow

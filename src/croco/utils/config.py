@@ -8,8 +8,9 @@ line with the presets that exist.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,40 @@ def _check_data_folders(cfg: DictConfig) -> None:
             ) from None
 
 
+def _relaunches_script(strategy: Any) -> bool:
+    """Whether a strategy starts its ranks by re-running the command line (Lightning's subprocess DDP)."""
+    if isinstance(strategy, str):
+        return strategy.startswith("ddp") and "spawn" not in strategy and "fork" not in strategy
+    if isinstance(strategy, DictConfig | dict):
+        target = str(strategy.get("_target_", ""))
+        return target.endswith("DDPStrategy") and strategy.get("start_method", "popen") == "popen"
+    return False
+
+
+def _check_launch(cfg: DictConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """A local multirun must not use subprocess DDP: every rank would re-run the whole sweep (hydra#2070)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or "SLURM_PROCID" in environ:
+        return
+    devices, nodes = _get(cfg, "trainer.devices", 1), _get(cfg, "trainer.num_nodes", 1)
+    if not (isinstance(devices, int) and isinstance(nodes, int)) or devices * nodes <= 1:
+        return
+    if _relaunches_script(_get(cfg, "trainer.strategy")):
+        raise ConfigError(
+            f"trainer.strategy: subprocess DDP on {devices * nodes} devices inside a multirun would relaunch the whole "
+            "sweep from every rank; allowed: hydra/launcher=slurm (SLURM starts one task per GPU) or "
+            "trainer.strategy=ddp_spawn"
+        )
+
+
 def validate_train_config(cfg: DictConfig, *, check_data: bool = True) -> None:
     """All startup checks; raises :class:`ConfigError` with a one-line message at the first problem."""
     _check_masking(cfg)
     _check_model(cfg)
     _check_optim(cfg)
+    _check_launch(cfg)
     if check_data:
         _check_data_folders(cfg)
 
