@@ -283,12 +283,30 @@ class PairSampler:
         if target is None:  # only possible with min_valid_fraction = 0: nothing to look at
             stats.references_exhausted += 1
             return None
-        screen1 = self._screen_reference(view1)
-        for _ in range(self.options.max_second_attempts):
-            stats.second_attempts += 1
+
+        def propose() -> np.ndarray | None:
             _, pose2 = sample_second_pose(scene, nav1, target, rng, self.options.rules)
             if pose2 is None:
                 stats.rejected_degenerate += 1
+            return pose2
+
+        return self._first_accepted(scene, pose1, view1, propose, stats)
+
+    def _first_accepted(
+        self,
+        scene: NavigableScene,
+        pose1: np.ndarray,
+        view1: Rendering,
+        propose: Callable[[], np.ndarray | None],
+        stats: GenerationStats,
+    ) -> ViewPair | None:
+        """Up to ``max_second_attempts`` proposals of a second pose (``propose`` returns None for a rejected one,
+        and counts why); the first whose view passes the checks makes the pair."""
+        screen1 = self._screen_reference(view1)
+        for _ in range(self.options.max_second_attempts):
+            stats.second_attempts += 1
+            pose2 = propose()
+            if pose2 is None:
                 continue
             result = self._second_view(scene, pose1, view1, screen1, pose2, stats)
             if result is not None:
@@ -307,25 +325,19 @@ class PairSampler:
         nav1, pose1, view1 = reference
         pan, tilt, roll = self.options.flow_rotation_deg
         motion_rules = replace(self.options.rules, pan_deg=pan, tilt_deg=tilt, roll_deg=roll)
-        screen1 = self._screen_reference(view1)
         height = float(pose1[1, 3] - nav1[1])
         low, high = self.options.rules.height_range
-        for _ in range(self.options.max_second_attempts):
-            stats.second_attempts += 1
+
+        def propose() -> np.ndarray | None:
             step = self.options.flow_translation_std * rng.standard_normal(3)
             rotation = pose1[:3, :3] @ orientation_noise(rng, motion_rules)
             nav2 = np.asarray(scene.snap_point(nav1 + np.array([step[0], 0.0, step[2]])), dtype=np.float64)
             if not np.all(np.isfinite(nav2)):
                 stats.rejected_not_navigable += 1
-                continue
-            centre = nav2 + UP * float(np.clip(height + 0.2 * step[1], low, high))
-            pose2 = make_pose(rotation, centre)
-            result = self._second_view(scene, pose1, view1, screen1, pose2, stats)
-            if result is not None:
-                view2, covis12, covis21 = result
-                return ViewPair(self.K, pose1, pose2, view1, view2, covis12, covis21)
-        stats.references_exhausted += 1
-        return None
+                return None
+            return make_pose(rotation, nav2 + UP * float(np.clip(height + 0.2 * step[1], low, high)))
+
+        return self._first_accepted(scene, pose1, view1, propose, stats)
 
     def _sample_stereo(
         self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats
