@@ -15,7 +15,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from croco.utils.config import ConfigError, check_group_choices
+from croco.utils.config import exit_on_unknown_choices
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -66,9 +66,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        check_group_choices(sys.argv[1:], CONF_DIR)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_unknown_choices(sys.argv[1:], CONF_DIR)
     main()

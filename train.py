@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers before Hydra composes
-from croco.utils.config import ConfigError, check_group_choices, validate_train_config
+from croco.utils.config import ConfigError, exit_on_unknown_choices, validate_train_config
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -36,9 +36,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    try:
-        check_group_choices(sys.argv[1:], CONF_DIR)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_unknown_choices(sys.argv[1:], CONF_DIR)
     main()

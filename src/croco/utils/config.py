@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,13 @@ def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
         for option in (v.strip().strip("'\"") for v in value.split(",")):
             if option and option != "null" and option not in options:
                 raise ConfigError(f"{group}={option}: unknown {group} option; allowed: {', '.join(options)}")
+
+
+def exit_on_unknown_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
+    """For the Hydra entry points: refuse unknown ``group=option`` overrides before Hydra starts, with one line
+    on stderr and exit status 2 (Hydra's own message is a long traceback-like block)."""
+    try:
+        check_group_choices(argv, conf_dir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
