@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from croco.data import generate as generate_module
 from croco.data.cameras import camera_rays, intrinsics_from_hfov
 from croco.data.covisibility import covisibility, optical_flow
 from croco.data.generate import GenerationStats, PairOptions, PairSampler, generate_pairs, valid_fraction
-from croco.data.render import Renderer, Rendering
+from croco.data.render import Renderer, Rendering, SceneUnusable
 from croco.data.scenes import SURFACE_CLASSES
 from croco.data.shards import ShardReader, list_shards
 
@@ -92,8 +93,30 @@ def test_sampler_gives_up_with_a_clear_error():
         WallRenderer(16),
         PairOptions(overlap_min=0.999, overlap_max=1.0, max_second_attempts=2, max_references=3),
     )
-    with pytest.raises(RuntimeError, match="yard: no pretrain pair with overlap in"):
+    with pytest.raises(SceneUnusable, match="yard: no pretrain pair with overlap in"):
         sampler.sample(Yard(), np.random.default_rng(0), GenerationStats())
+
+
+class NoNavmesh(Yard):
+    scene_id = "broken"
+
+    def sample_navigable_point(self, rng):
+        raise SceneUnusable("habitat scene broken.glb: no navmesh and none could be computed")
+
+
+def test_unusable_scenes_are_skipped_counted_and_the_choice_is_deterministic(monkeypatch, capsys):
+    scenes = {0: NoNavmesh(), 1: Yard()}
+    monkeypatch.setattr(generate_module, "_worker_scene", lambda config, index: scenes.get(index, NoNavmesh()))
+    config = generate_module.GeneratorConfig(pairs_per_scene=4, options=PairOptions(overlap_min=0.3, overlap_max=0.9))
+    sampler = PairSampler(WallRenderer(), config.options)
+    stats = GenerationStats()
+    pair, scene_id = generate_module._sample_slot(config, sampler, 2, stats)  # slot 2: scene 0 is broken -> 1
+    assert scene_id == "yard" and stats.scenes_skipped == 1 and stats.pairs == 1
+    assert "skipped: habitat scene broken.glb: no navmesh" in capsys.readouterr().out
+    again, _ = generate_module._sample_slot(config, sampler, 2, GenerationStats())
+    assert np.array_equal(pair.pose1, again.pose1) and np.array_equal(pair.pose2, again.pose2)
+    with pytest.raises(RuntimeError, match="pair 9: 8 scenes in a row gave no pair"):
+        generate_module._sample_slot(config, sampler, 9, GenerationStats())  # scenes 2.. are all broken
 
 
 def _records(folder: Path) -> list[dict]:

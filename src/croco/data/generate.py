@@ -52,7 +52,7 @@ from croco.data.cameras import (
     sample_second_pose,
 )
 from croco.data.covisibility import DEFAULT_RTOL, covisibility, optical_flow, visible_in_other
-from croco.data.render import CpuRenderer, Renderer, Rendering
+from croco.data.render import CpuRenderer, Renderer, Rendering, SceneUnusable
 from croco.data.scenes import SURFACE_CLASSES
 
 TASKS = ("pretrain", "depth", "stereo", "flow")
@@ -81,6 +81,7 @@ class GenerationStats:
     rejected_low_overlap: int = 0
     rejected_high_overlap: int = 0
     references_exhausted: int = 0
+    scenes_skipped: int = 0
 
     def add(self, other: GenerationStats) -> None:
         for name in self.as_dict():
@@ -98,6 +99,7 @@ class GenerationStats:
             f"({self.pairs / attempts:.0%} accepted; rejected: {self.screened_out} by low-res screening, "
             f"{self.rejected_low_overlap} overlap too low, {self.rejected_high_overlap} too high, "
             f"{self.rejected_valid} valid depth, {self.rejected_not_navigable} not navigable, "
+            f"{self.scenes_skipped} unusable scenes skipped, "
             f"{self.rejected_degenerate} degenerate look-at)"
         )
 
@@ -194,7 +196,7 @@ class PairSampler:
             if pair is not None:
                 stats.pairs += 1
                 return pair
-        raise RuntimeError(
+        raise SceneUnusable(
             f"scene {scene.scene_id}: no {self.options.task} pair with overlap in "
             f"[{self.options.overlap_min}, {self.options.overlap_max}] after {self.options.max_references} "
             f"reference views x {self.options.max_second_attempts} attempts ({stats.summary()})"
@@ -545,6 +547,30 @@ def _worker_scene(config: GeneratorConfig, scene_index: int) -> NavigableScene:
     return scene
 
 
+MAX_SCENE_FALLBACKS = 8
+
+
+def _sample_slot(
+    config: GeneratorConfig, sampler: PairSampler, pair_index: int, stats: GenerationStats
+) -> tuple[ViewPair, str]:
+    """The pair of one slot, from its scene. A scene that gives no pair (no navmesh, nothing in the overlap
+    range) is skipped, counted and logged, and the slot tries the next scene index: the same choice whatever
+    the split into jobs, workers and resumes, since it depends on the slot alone."""
+    first = pair_index // config.pairs_per_scene
+    for offset in range(MAX_SCENE_FALLBACKS):
+        try:
+            scene = _worker_scene(config, first + offset)
+            pair = sampler.sample(scene, pair_rng(config.seed, config.options.task, pair_index), stats)
+            return pair, scene.scene_id
+        except SceneUnusable as error:
+            stats.scenes_skipped += 1
+            print(f"[generate] skipped: {error}", flush=True)
+    raise RuntimeError(
+        f"pair {pair_index}: {MAX_SCENE_FALLBACKS} scenes in a row gave no pair; check the scene source and the "
+        f"overlap range [{config.options.overlap_min}, {config.options.overlap_max}]"
+    )
+
+
 def write_shard(job: ShardJob, on_pair: Callable[[], None] | None = None) -> tuple[str, dict[str, int]]:
     """Generate and write one shard (atomically); returns (path, stats). Runs in a worker or in-process."""
     from croco.data.shards import ShardWriter
@@ -563,9 +589,7 @@ def write_shard(job: ShardJob, on_pair: Callable[[], None] | None = None) -> tup
         attrs=attrs,
     ) as writer:
         for pair_index in range(job.first_pair, job.first_pair + job.count):
-            scene = _worker_scene(config, pair_index // config.pairs_per_scene)
-            pair = sampler.sample(scene, pair_rng(config.seed, config.options.task, pair_index), stats)
-            scene_id = scene.scene_id
+            pair, scene_id = _sample_slot(config, sampler, pair_index, stats)
             writer.add(
                 pair_record(
                     pair, scene_id, config.options.task, with_depth=config.depth, rtol=config.options.rtol

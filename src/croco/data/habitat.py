@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from croco.data.render import Renderer, Rendering
+from croco.data.render import Renderer, Rendering, SceneUnusable
 
 try:  # pragma: no cover - exercised only where habitat-sim is installed
     import habitat_sim  # type: ignore[import-not-found]
@@ -183,7 +183,7 @@ class HabitatRenderer(Renderer):
             settings.set_defaults()
             self._sim.recompute_navmesh(pathfinder, settings)
         if not pathfinder.is_loaded:
-            raise RuntimeError(f"habitat scene {path}: no navmesh and none could be computed")
+            raise SceneUnusable(f"habitat scene {path}: no navmesh and none could be computed")
         self._scene = HabitatScene(scene_id_from_path(path), path, pathfinder)
         return self._scene
 

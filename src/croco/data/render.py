@@ -56,6 +56,11 @@ def tune_allocator() -> bool:
     return _ALLOCATOR_TUNED
 
 
+class SceneUnusable(RuntimeError):
+    """A scene that cannot give a pair (no navmesh, nothing in the overlap range): the generator skips it,
+    counts it and moves on to the next scene."""
+
+
 class Rendering(NamedTuple):
     """One rendered view: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 z-depth in metres (0 = invalid),
     ``semantics`` (H, W) uint8 surface class (``croco.data.scenes.SURFACE_CLASSES``) or None."""
