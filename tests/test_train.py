@@ -152,6 +152,26 @@ def test_resume_continues_exactly(one_epoch_run, compose_at):
     assert min(steps) >= 4
 
 
+def test_resume_in_the_middle_of_an_epoch_continues_its_pair_order(one_epoch_run, compose_at):
+    """Stop at step 6 (batch 2 of epoch 2), resume to the end of epoch 2 == an uninterrupted 2-epoch run:
+    the resumed epoch continues its own pair order, masks and schedule instead of restarting them."""
+    root = one_epoch_run["root"]
+    base = [*one_epoch_run["overrides"], "trainer.max_epochs=2", "callbacks.checkpoint_last.every_n_train_steps=6"]
+    stopped = compose_at([*base, "run_name=mid_epoch", "trainer.max_steps=6"], root, root / "out_mid_stop")
+    train(stopped)
+    assert _load(Path(stopped.paths.ckpt_dir) / "last.ckpt")["global_step"] == 6
+    train(compose_at([*base, "run_name=mid_epoch"], root, root / "out_mid_resume"))
+    fresh = compose_at([*one_epoch_run["overrides"], "trainer.max_epochs=2", "run_name=uninterrupted"], root,
+                       root / "out_fresh")  # fmt: skip
+    if not (Path(fresh.paths.ckpt_dir) / "last.ckpt").exists():
+        train(fresh)
+    a = _load(Path(stopped.paths.ckpt_dir) / "last.ckpt")
+    b = _load(Path(fresh.paths.ckpt_dir) / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 8
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_checkpoint_resolution(tmp_path):
     ckpt_dir, hpc_dir = tmp_path / "run/checkpoints", tmp_path / "run"
     assert resolve_resume_checkpoint(None, ckpt_dir, hpc_dir) is None

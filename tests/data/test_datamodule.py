@@ -280,3 +280,21 @@ def test_lightning_fit_uses_batched_jitter_and_new_draw_per_epoch(shard_folder: 
     epoch1 = torch.cat([s["pair"] for s in probe.seen if s["epoch"] == 1]).tolist()
     assert epoch0 != epoch1
     assert trainer.train_dataloader.sampler.epoch == 1  # Lightning's set_epoch reached the sampler
+
+
+def test_sampler_resumes_an_epoch_where_every_rank_stopped():
+    """Mid-epoch resume: after k batches of B on each of W ranks (rank r reads every W-th sample), every rank
+    continues with its own batch k + 1; the length stays the same (the trainer ends the epoch before the
+    consumed samples that moved to the end)."""
+    sampler = EpochPairSampler(np.zeros(40, dtype=np.int64), [1.0], seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    world, batch, k = 2, 4, 3
+    sampler.resume_at(epoch=2, start=k * batch * world)
+    sampler.set_epoch(0)  # the trainer may set the epoch only after the pass has started: the resume wins
+    resumed = list(sampler)
+    assert len(resumed) == len(full) and sorted(resumed) == sorted(full)
+    for rank in range(world):
+        assert resumed[rank::world][: len(full) // world - k * batch] == full[rank::world][k * batch :]
+    sampler.set_epoch(2)
+    assert list(sampler) == full  # the next pass is a plain one again

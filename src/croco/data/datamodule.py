@@ -336,6 +336,15 @@ class EpochPairSampler(Sampler):
         self.seed = seed
         self.epoch: int | None = None
         self._passes = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, start: int) -> None:
+        """Make the next pass continue ``epoch`` after its first ``start`` samples (a mid-epoch resume).
+
+        The consumed samples move to the end instead of disappearing, so the length does not change: under
+        DDP, where rank r reads every world_size-th sample, dropping ``k * batch * world_size`` samples from the
+        front gives every rank its own batches from k on; the trainer stops the epoch before the moved ones."""
+        self._resume = (int(epoch), int(start))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -365,8 +374,13 @@ class EpochPairSampler(Sampler):
         return pairs, seeds
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = 0
+        if self._resume is not None:  # the epoch is known before the trainer's set_epoch of this pass
+            (self.epoch, start), self._resume = self._resume, None
         epoch = self.epoch if self.epoch is not None else self._passes
         pairs, seeds = self.epoch_keys(epoch)
+        if 0 < start < len(pairs):
+            pairs, seeds = np.roll(pairs, -start), np.roll(seeds, -start)
         self._passes += 1
         return iter(zip(pairs.tolist(), seeds.tolist()))
 
@@ -435,6 +449,7 @@ class PairDataModule(LightningDataModule):
         self.overlap_min, self.overlap_max = float(overlap_min), float(overlap_max)
         self.val_fraction = float(val_fraction)
         self.batch_size = int(batch_size)
+        self._resume_position: dict[str, int] | None = None  # from a checkpoint: where its epoch stopped
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
@@ -507,7 +522,16 @@ class PairDataModule(LightningDataModule):
     def train_sampler(self) -> EpochPairSampler:
         assert self.data_train is not None, "call setup() first"
         weights = [source.weight for source in self.sources]
-        return EpochPairSampler(self.data_train.index.source, weights, self.pairs_per_epoch, self.seed)
+        sampler = EpochPairSampler(self.data_train.index.source, weights, self.pairs_per_epoch, self.seed)
+        position, self._resume_position = self._resume_position, None
+        if position is not None and self.trainer is not None:
+            world = self.trainer.world_size
+            batches_per_epoch = len(sampler) // (self.batch_size * world)
+            if 0 < position["batches"] < batches_per_epoch:
+                sampler.resume_at(position["epoch"], position["batches"] * self.batch_size * world)
+                log.info("resuming epoch %d of the pair order after %d batches", position["epoch"],
+                         position["batches"])  # fmt: skip
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -537,4 +561,17 @@ class PairDataModule(LightningDataModule):
             log.warning("%d corrupt pairs were skipped during %s", self.bad_pairs, stage)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bad_pairs": self.bad_pairs}
+        """Saved in every checkpoint: the bad-pair count and, during fitting, how far the current epoch got
+        (so that a mid-epoch resume continues that epoch's pair order instead of restarting it)."""
+        state: dict[str, Any] = {"bad_pairs": self.bad_pairs}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            loop = trainer.fit_loop
+            state["train_position"] = {
+                "epoch": int(loop.epoch_progress.current.processed),
+                "batches": int(loop.epoch_loop.batch_progress.current.processed),
+            }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")

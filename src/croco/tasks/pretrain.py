@@ -81,8 +81,8 @@ class PretrainTask(pl.LightningModule):
             weights initialise the network when fitting starts; the architecture must match the preset (cosine
             buffers are resampled to the preset's image size).
         mask_seed: training masks are drawn from a generator seeded by (mask_seed, global step, batch index,
-            rank), so a run resumed at an epoch boundary sees exactly the masks of an uninterrupted one; null
-            draws them from the global RNG like the official code (not reproducible across a resume).
+            rank), so a resumed run sees exactly the masks of an uninterrupted one; null draws them from the
+            global RNG like the official code (not reproducible across a resume).
     """
 
     def __init__(

@@ -6,10 +6,10 @@ by ``hydra.compose``.
 Resuming: a run's checkpoints live in ``paths.ckpt_dir`` (``<ckpt_root>/<run_name>/checkpoints``), a folder that
 does not depend on the launch time. With ``ckpt_path: last`` (the default) a launch resumes from the newest of
 ``last.ckpt`` and the SLURM pre-emption checkpoint ``hpc_ckpt_*.ckpt``, or starts fresh (and says so) when
-there is none. Global step, optimizer and scheduler state, loops and callbacks all continue; a run resumed at an
-epoch boundary is identical to an uninterrupted one. Inside an epoch (a SLURM pre-emption, a ``last.ckpt`` written
-every N steps) the data order of the interrupted epoch is not replayed: the epoch's remaining steps draw from the
-start of its pair order again.
+there is none. Global step, optimizer and scheduler state, loops and callbacks all continue, and so does the pair
+order of an interrupted epoch (``PairDataModule.state_dict`` records how far it got): a resumed run, at an epoch
+boundary or inside an epoch (a SLURM pre-emption, a ``last.ckpt`` written every N steps), ends with the weights of
+an uninterrupted one (tests/test_train.py).
 """
 
 from __future__ import annotations
