@@ -9,15 +9,12 @@ Everything happens in ``croco.data.generate.generate_pairs``; options are docume
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from croco.utils.config import exit_on_unknown_choices
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def generate_kwargs(cfg: DictConfig) -> dict:
@@ -66,5 +63,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_unknown_choices(sys.argv[1:], CONF_DIR)
+    exit_on_unknown_choices(sys.argv[1:])
     main()

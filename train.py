@@ -11,15 +11,12 @@ Everything happens in ``croco.tasks.training.train``; see docs/pretraining.md.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers before Hydra composes
 from croco.utils.config import ConfigError, exit_on_unknown_choices, validate_train_config
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -36,5 +33,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    exit_on_unknown_choices(sys.argv[1:], CONF_DIR)
+    exit_on_unknown_choices(sys.argv[1:])
     main()

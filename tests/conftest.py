@@ -18,7 +18,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = REPO_ROOT / "conf"  # == croco.utils.config.CONF_DIR, without importing croco at collection
 
 
 def write_tiny_shards(folder: Path, pairs: int = 48, size: int = 72, scenes: int = 8, seed: int = 0) -> Path:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from croco.models import CroCoNet, MaskedMSE
-from tests.models.conftest import UPSTREAM, preset_kwargs
+from croco.utils.config import model_preset
+from tests.models.conftest import UPSTREAM
 
 TINY = ["tiny_cosine", "tiny_rope100", "tiny_cosine_noim2norm"]
 RELEASED = {
@@ -50,7 +51,7 @@ def _read_keys(tsv: str) -> list[tuple[str, tuple[int, ...]]]:
 @pytest.mark.parametrize("preset", sorted(RELEASED))
 def test_released_state_dict_keys_and_shapes(preset: str):
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = CroCoNet(**preset_kwargs(preset))
+        model = CroCoNet(**model_preset(preset))
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert ours == _read_keys(RELEASED[preset])
 
@@ -61,7 +62,7 @@ def test_released_state_dict_keys_and_shapes(preset: str):
 )
 def test_parameter_counts(preset: str, total: float, encoder: float):
     with torch.device("meta"):
-        model = CroCoNet(**preset_kwargs(preset))
+        model = CroCoNet(**model_preset(preset))
     n_total = sum(p.numel() for p in model.parameters())
     n_enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("patch_embed", "enc_")))
     assert abs(n_total - total) < 0.05e6

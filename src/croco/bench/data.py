@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from croco.bench.model import ROOT
-from croco.bench.record import append_row, cpu_name
+from croco.bench.record import BENCHMARKS_MD, append_row, cpu_name
 from croco.data.shards import PairRecord, ShardReader, ShardWriter, _simplejpeg, _torchvision_decoder
 
 SECTION = "Data pipeline"
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--workers", type=int, default=0, help="also time a DataLoader with this many workers"
     )
     parser.add_argument("--batches", type=int, default=40, help="batches of the DataLoader measurement")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args(argv)
     load_at_start = os.getloadavg()[0]  # other processes on the machine skew every number: record it

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from croco.bench.record import append_row, cpu_name
+from croco.bench.record import BENCHMARKS_MD, append_row, cpu_name
 
 SECTION = "Pair generation"
 SECTION_INTRO = (
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
     parser.add_argument("--pairs", type=int, default=200, help="pairs generated per measurement")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
-    parser.add_argument("--record", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--record", type=Path, default=BENCHMARKS_MD)
     parser.add_argument(
         "--no-record", action="store_true", help="print only, do not touch docs/benchmarks.md"
     )

@@ -19,22 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from croco.bench.record import append_row, cpu_name
+from croco.bench.record import BENCHMARKS_MD, append_row, cpu_name
 from croco.models import CroCoNet, MaskedMSE
 from croco.models.masking import num_masked
+from croco.utils.config import ConfigError, model_preset
 
-ROOT = Path(__file__).resolve().parents[3]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def preset_kwargs(name: str) -> dict:
-    path = ROOT / "conf" / "model" / f"{name}.yaml"
-    if not path.exists():
-        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"--preset {name!r}: no {path}; choose one of {', '.join(choices)}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
 def forward_flops_per_pair(kw: dict, height: int, width: int, mask_ratio: float) -> float:
@@ -134,13 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--compare-manual", action="store_true", help="also time the explicit-softmax attention path")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--out", type=Path, default=BENCHMARKS_MD)
     ap.add_argument("--no-record", action="store_true", help="print only, do not append to --out")
     args = ap.parse_args(argv)
 
     height, width = (args.img * 2)[:2]
     device = torch.device(args.device)
-    kw = preset_kwargs(args.preset)
+    try:
+        kw = model_preset(args.preset)
+    except ConfigError as e:
+        raise SystemExit(f"--preset: {e}") from None
     model = CroCoNet(**kw, mask_ratio=args.mask_ratio).to(device)
     flops = 3 * forward_flops_per_pair(kw, height, width, args.mask_ratio)
     peak = matmul_peak(device, DTYPES[args.precision])

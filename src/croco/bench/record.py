@@ -7,7 +7,9 @@ from pathlib import Path
 
 from croco.utils.files import atomic_output
 
-__all__ = ["append_row", "cpu_name"]
+__all__ = ["BENCHMARKS_MD", "append_row", "cpu_name"]
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"  # where every benchmark records
 
 
 def append_row(path: Path, section: str, columns: list[str], row: list[str], intro: str | None = None) -> None:

@@ -195,8 +195,11 @@ class PretrainTask(pl.LightningModule):
             )  # fmt: skip
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the global gradient norm (before clipping), as the official trainer computes it. Computed every
-        step so that whatever step Lightning flushes shows its own value."""
+        """Log the global gradient norm (before clipping), as the official trainer computes it, on the steps whose
+        logs Lightning writes (its rule: ``(optimizer steps so far + 1) % log_every_n_steps == 0``)."""
+        every = self.trainer.log_every_n_steps
+        if not every or (self.trainer.global_step + 1) % every:
+            return
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)

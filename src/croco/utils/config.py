@@ -17,7 +17,17 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "check_group_choices", "group_options", "validate_train_config"]
+__all__ = [
+    "CONF_DIR",
+    "ConfigError",
+    "check_group_choices",
+    "exit_on_unknown_choices",
+    "group_options",
+    "model_preset",
+    "validate_train_config",
+]
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the Hydra configs of the repository
 
 
 class ConfigError(ValueError):
@@ -187,7 +197,7 @@ def check_group_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
                 raise ConfigError(f"{group}={option}: unknown {group} option; allowed: {', '.join(options)}")
 
 
-def exit_on_unknown_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
+def exit_on_unknown_choices(argv: Sequence[str], conf_dir: str | Path = CONF_DIR) -> None:
     """For the Hydra entry points: refuse unknown ``group=option`` overrides before Hydra starts, with one line
     on stderr and exit status 2 (Hydra's own message is a long traceback-like block)."""
     try:
@@ -195,3 +205,11 @@ def exit_on_unknown_choices(argv: Sequence[str], conf_dir: str | Path) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def model_preset(name: str, conf_dir: str | Path = CONF_DIR) -> dict[str, Any]:
+    """The CroCoNet keyword arguments of the model preset ``conf/model/<name>.yaml`` (for code outside Hydra)."""
+    path = Path(conf_dir) / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model={name}: unknown model option; allowed: {', '.join(group_options(conf_dir, 'model'))}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
