@@ -73,7 +73,10 @@ def parse_model_string(text: str, where: str = "args.model") -> dict[str, Any]:
     return _check_kwargs(kwargs, where)
 
 
-def _torch_load(path: Path) -> Any:
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """``torch.load`` that never executes pickled code (tensors, containers and ``argparse.Namespace`` only);
+    every failure is a one-line :class:`CheckpointError` naming the file."""
+    path = Path(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -93,7 +96,7 @@ def _torch_load(path: Path) -> Any:
 def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Return (CroCoNet kwargs, state_dict) of an official-layout file."""
     path = Path(path)
-    ckpt = _torch_load(path)
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict (official CroCo layout)")
     if "croco_kwargs" in ckpt:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MaskedMSE", "normalize_patches"]
+__all__ = ["MaskedMSE", "normalize_patches", "patch_stats"]
+
+
+def patch_stats(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of each (B, N, P) patch over all its P values (channels pooled; unbiased variance + eps)."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + eps) ** 0.5
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch normalisation of (B, N, P) targets: all P values of a patch (channels pooled), unbiased variance."""
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (var + eps) ** 0.5
+    """Per-patch normalisation of (B, N, P) targets, the official ``norm_pix_loss``."""
+    mean, std = patch_stats(patches, eps)
+    return (patches - mean) / std
 
 
 class MaskedMSE(nn.Module):

@@ -13,43 +13,27 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from croco.models import CroCoNet, export_official_checkpoint
+from croco.models import CheckpointError, CroCoNet, export_official_checkpoint
+from croco.models.checkpoints import load_strict, load_weights_only
 
 __all__ = ["export_lightning_checkpoint", "load_task_network", "main"]
 
 
-class ExportError(ValueError):
-    """A checkpoint that cannot be exported; the message names the file."""
-
-
 def load_task_network(ckpt_path: str | os.PathLike) -> CroCoNet:
     """The CroCoNet stored in a ``PretrainTask`` checkpoint (hyper-parameters ``model`` + ``mask_ratio``)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such checkpoint file")
-    try:
-        ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{path}: not a readable Lightning checkpoint ({first})") from None
+    ckpt = load_weights_only(ckpt_path)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams:
-        raise ExportError(f"{path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
+        raise CheckpointError(f"{ckpt_path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
     net = CroCoNet(**hparams["model"], mask_ratio=float(hparams.get("mask_ratio", 0.9)))
     prefix = "net."
     state = {
         k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)
     }  # fmt: skip
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ExportError(
-            f"{path}: weights do not match the stored model arguments ({str(e).splitlines()[0]})"
-        ) from None
+    mismatch = load_strict(net, state)
+    if mismatch:
+        raise CheckpointError(f"{ckpt_path}: weights do not match the stored model arguments: {mismatch}")
     return net
 
 
@@ -65,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_lightning_checkpoint(args.checkpoint, args.output)
-    except (ExportError, ValueError) as e:
+    except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

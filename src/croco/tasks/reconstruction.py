@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from croco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from croco.models.criterion import patch_stats
 from croco.models.masking import RandomMask
 
 __all__ = [
@@ -36,9 +37,8 @@ PANEL_COLUMNS = ("reference", "masked", "reconstruction", "target")
 
 def unnormalize_prediction(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Give per-patch-normalised predictions (B, N, P) the per-patch mean/std of ``target`` (as the demo does)."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return pred * (var + eps).sqrt() + mean
+    mean, std = patch_stats(target, eps)
+    return pred * std + mean
 
 
 def patches_to_rgb(patches: torch.Tensor, channels: int = 3) -> torch.Tensor:
