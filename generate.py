@@ -3,7 +3,7 @@
     python generate.py source=synthetic out=data/synthetic pairs=10000 seed=0
     python generate.py source=synthetic task=flow out=data/synthetic_flow pairs=2000 workers=2
 
-Everything happens in ``croco.data.generate.generate_pairs``; options are documented in conf/generate.yaml.
+Everything happens in ``croco.synth.pipeline.generate_pairs``; options are documented in conf/generate.yaml.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def generate_kwargs(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from croco.data.generate import generate_pairs
+    from croco.synth.pipeline import generate_pairs
 
     try:
         generate_pairs(**generate_kwargs(cfg))

@@ -1,4 +1,4 @@
-"""Pretrain CroCo.
+"""Train a CroCo task (pretraining by default: ``conf/task/``).
 
     python train.py experiment=pretrain                      # CroCo v1 recipe (embedded data, generated on first use)
     python train.py experiment=smoke                         # tiny model, learns visibly on a CPU in minutes
@@ -16,13 +16,14 @@ import hydra
 from omegaconf import DictConfig
 
 import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers before Hydra composes
-from croco.utils.config import ConfigError, exit_on_unknown_choices, validate_train_config
+from croco.tasks.checks import validate_train_config
+from croco.utils.config import ConfigError, exit_on_unknown_choices
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        validate_train_config(cfg)  # before torch and Lightning are even imported
+        validate_train_config(cfg)  # before Lightning is imported and anything is built
         from croco.tasks.training import train
 
         metrics = train(cfg)

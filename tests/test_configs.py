@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from croco.utils.config import ConfigError, check_group_choices, group_options, validate_train_config
+from croco.tasks.checks import validate_train_config
+from croco.utils.config import ConfigError, check_group_choices, group_options
 from croco.utils.instantiate import InstantiationError, check_targets, instantiate
 from croco.utils.resolvers import run_name_from_overrides, wandb_api_key_configured
 
@@ -118,7 +119,7 @@ def test_loggers_and_callbacks_instantiate(compose_train, monkeypatch):
     assert wandb._offline is True  # no API key -> offline, never online by accident
     assert (Path(cfg.paths.run_dir) / "wandb_id.txt").read_text().strip() == wandb._id
     names = {type(c).__name__ for c in build_callbacks(cfg.callbacks)}
-    assert names == {"RunCheckpoint", "ReconstructionPanels", "ThroughputMonitor", "ExportOfficialCheckpoint"}
+    assert names == {"RunCheckpoint", "Panels", "ThroughputMonitor", "ExportOfficialCheckpoint"}
 
 
 def test_wandb_id_is_kept_when_resuming_and_renewed_when_not(tmp_path):
@@ -171,6 +172,47 @@ def test_bad_schedule(compose_train):
         ConfigError, match=r"^optim.epochs=10: expected the cosine horizon > optim.warmup_epochs=40"
     ):
         validate_train_config(compose_train("optim.epochs=10"), check_data=False)
+
+
+def test_checks_depend_on_the_task(compose_train, monkeypatch):
+    """The pretraining checks (mask ratio, data size = model size) belong to pretraining: a task that registers
+    none is not held to them, and a target that is no known task is refused."""
+    from croco.tasks import checks
+
+    cfg = compose_train("model=tiny", "data.img_size=96", "masking.ratio=1.5")
+    with pytest.raises(ConfigError, match=r"^masking.ratio=1.5"):
+        validate_train_config(cfg, check_data=False)
+    cfg.task._target_ = "croco.tasks.some_finetune.FinetuneTask"
+    with pytest.raises(ConfigError, match=r"^task._target_='croco.tasks.some_finetune.FinetuneTask': not a task; "
+                                          r"allowed: croco.tasks.pretrain.PretrainTask"):  # fmt: skip
+        validate_train_config(cfg, check_data=False)
+    monkeypatch.setitem(checks.TASK_CHECKS, "croco.tasks.some_finetune.FinetuneTask", ())
+    validate_train_config(cfg, check_data=False)  # other sizes and no masking: fine for that task
+    cfg.model.img_size = 100  # the shared model checks still apply
+    with pytest.raises(ConfigError, match=r"^model.img_size=100: not divisible by model.patch_size=8"):
+        validate_train_config(cfg, check_data=False)
+
+
+def test_task_group_selects_the_lightning_module(compose_train):
+    cfg = compose_train("experiment=smoke")
+    assert cfg.task._target_ == "croco.tasks.pretrain.PretrainTask"
+    assert dict(cfg.task.model) == dict(cfg.model) and cfg.task.mask_seed == cfg.seed
+    assert set(group_options(CONF_DIR, "task")) >= {"pretrain"}
+
+
+def test_embedded_data_generate_through_a_callable_from_the_config(compose_train, tmp_path):
+    """The data module gets a ready-made callable (a partial of the embedded generator) and never imports
+    croco.synth itself."""
+    import functools
+
+    from croco.synth.pipeline import generate_pairs
+
+    cfg = compose_train("experiment=smoke")
+    datamodule = instantiate(cfg.data)
+    generate = datamodule.generate_if_missing
+    assert isinstance(generate, functools.partial) and generate.func is generate_pairs
+    assert generate.keywords["pairs"] == cfg.data.generate_if_missing.pairs
+    assert compose_train("data=shards").data.generate_if_missing is None
 
 
 @pytest.mark.parametrize("data", ["habitat_release", "crops"])

@@ -278,4 +278,4 @@ def test_multirun_two_jobs(tiny_shards, tiny_overrides, tmp_path):
     for record in runs:
         data = record.read_bytes()
         assert group in data and b"masking" in data
-        assert list(record.parent.glob("files/media/images/val/reconstruction_*.png"))
+        assert list(record.parent.glob("files/media/images/val/panel_*.png"))

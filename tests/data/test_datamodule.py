@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -16,13 +15,10 @@ import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import default_collate
 
-from croco.data.datamodule import (
-    CorruptDataError,
-    EpochPairSampler,
-    PairDataModule,
-    collate_pairs,
-    is_val_scene,
-)
+from croco.data.datamodule import PairDataModule
+from croco.data.dataset import CorruptDataError, collate_pairs
+from croco.data.index import is_val_scene
+from croco.data.sampler import EpochPairSampler
 from croco.data.shards import ShardError, ShardReader
 from tests.data.conftest import write_shard
 
@@ -215,8 +211,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, shard_folder: Path) -> 
         PairDataModule([{"folder": "x"}])
 
 
-def test_prepare_data_generates_into_empty_sources(tmp_path: Path, monkeypatch) -> None:
-    """``generate_if_missing`` calls croco.data.generate.generate_pairs (a stand-in here) for empty folders."""
+def test_prepare_data_generates_into_empty_sources(tmp_path: Path) -> None:
+    """``generate_if_missing`` is called with every empty source folder (here a stand-in for the generator)."""
     calls = []
 
     def fake_generate_pairs(out_dir, pairs, *, seed=0, resolution=256, **kwargs):
@@ -226,17 +222,17 @@ def test_prepare_data_generates_into_empty_sources(tmp_path: Path, monkeypatch) 
         )
         return [Path(out_dir) / "shard-00000.h5"]
 
-    fake = types.ModuleType("croco.data.generate")
-    fake.generate_pairs = fake_generate_pairs
-    monkeypatch.setitem(sys.modules, "croco.data.generate", fake)
     target = tmp_path / "synthetic"
-    module = _module(target, generate_if_missing={"pairs": 12, "seed": 5, "resolution": 64}, val_fraction=0.0)
+    generate = functools.partial(fake_generate_pairs, pairs=12, seed=5, resolution=64)
+    module = _module(target, generate_if_missing=generate, val_fraction=0.0)
     module.prepare_data()
     module.prepare_data()  # shards exist now: nothing regenerated
     assert calls == [(target, 12, 5, 64)]
     module.setup("fit")
     assert len(module.data_train) == 12
     assert module.val_dataloader() == []  # no validation scenes: Lightning skips validation
+    with pytest.raises(ValueError, match=r"^data.generate_if_missing=\{'pairs': 12\}: expected null or a callable"):
+        _module(target, generate_if_missing={"pairs": 12})
 
 
 class _Probe(L.LightningModule):

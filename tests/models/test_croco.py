@@ -107,17 +107,45 @@ def test_feature_apis_any_size(tiny_kwargs):
         enc = model.encoder_features(torch.randn(2, 3, 40, 72))
         assert len(enc) == tiny_kwargs["enc_depth"] and enc[-1].shape == (2, 45, 128)
         img1, img2 = _imgs(2, 48, 64)
-        same = model.binocular_features(img1, img2)  # one batched encoder pass
+        same = model.binocular_features(img1, img2)
         assert len(same) == tiny_kwargs["enc_depth"] + tiny_kwargs["dec_depth"]
         assert same[0].shape == (2, 48, 128) and same[-1].shape == (2, 48, 96)
-        # the batched and separate encoder paths give the same features
-        other = model.binocular_features(img1, torch.cat([img2, img2[:, :, :8]], dim=2)[:, :, :48])
-        for a, b in zip(same, other):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         mixed = model.binocular_features(img1, torch.randn(2, 3, 64, 32))  # images of different sizes
         assert mixed[-1].shape == (2, 48, 96)
         last = model.binocular_features(img1, img2, return_all_blocks=False)
         torch.testing.assert_close(last, same[-1])
+
+
+@pytest.mark.parametrize("pos_embed", ["RoPE100", "cosine"])
+@pytest.mark.parametrize(
+    "size2, encoder_batches", [((48, 64), [4]), ((64, 32), [2, 2])], ids=["same-size", "different-size"]
+)
+def test_binocular_features_equal_separate_encoding(tiny_kwargs, pos_embed, size2, encoder_batches, monkeypatch):
+    """Both branches of ``binocular_features`` (one batched encoder pass for same-size views, one pass per view
+    otherwise) against references that encode each view on its own: ``encoder_features(img1)`` for the encoder
+    part, and ``forward`` with nothing masked (one encoder pass per view, same decoder) for the decoder part."""
+    model = CroCoNet(**{**tiny_kwargs, "pos_embed": pos_embed}).eval()
+    img1, img2 = torch.randn(2, 3, 48, 64), torch.randn(2, 3, *size2)
+    batches: list[int] = []  # which branch ran: the batch size of every encoder pass
+    encode = model._encode_image
+
+    def spy(img: torch.Tensor, *args, **kwargs):
+        batches.append(len(img))
+        return encode(img, *args, **kwargs)
+
+    monkeypatch.setattr(model, "_encode_image", spy)
+    with torch.no_grad():
+        feats = model.binocular_features(img1, img2)
+        last = model.binocular_features(img1, img2, return_all_blocks=False)
+        assert batches == encoder_batches * 2
+        enc1 = model.encoder_features(img1)
+        pred, _, _ = model(img1, img2, mask=torch.zeros(2, 48, dtype=torch.bool))
+        depth = tiny_kwargs["enc_depth"]
+        assert len(feats) == depth + tiny_kwargs["dec_depth"]
+        for got, expected in zip(feats[:depth], enc1, strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.prediction_head(feats[-1]), pred, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(last, feats[-1], atol=1e-5, rtol=1e-5)
 
 
 def test_official_initialisation(tiny_kwargs):

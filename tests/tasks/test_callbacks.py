@@ -7,21 +7,22 @@ import math
 import pytest
 import torch
 
-from croco.tasks.callbacks import AtomicCheckpointIO, ReconstructionPanels
+from croco.tasks.callbacks import AtomicCheckpointIO, Panels
 from croco.utils.slurm import slurm_environment
 
 
-def test_panel_pairs_are_spread_over_the_validation_set():
-    panels = ReconstructionPanels(every_n_steps=10, num_samples=4)
+def test_panel_samples_are_spread_over_the_validation_set():
+    panels = Panels(every_n_steps=10, num_samples=4)
     assert panels.sampling_plan(10) == {0: 1, 3: 1, 6: 1, 9: 1}
     assert panels.sampling_plan(2) == {0: 2, 1: 2}
     assert panels.sampling_plan(1) == {0: 4}
     assert panels.sampling_plan(math.inf) == {0: 4}
     batch = {"img1": torch.arange(8.0).view(8, 1, 1, 1), "img2": -torch.arange(8.0).view(8, 1, 1, 1)}
-    img1, img2 = panels._take(batch, 2)
-    assert img1.flatten().tolist() == [0.0, 7.0] and img2.flatten().tolist() == [0.0, -7.0]
+    taken = panels._take({**batch, "name": "not a tensor"}, 2)
+    assert set(taken) == {"img1", "img2"}
+    assert taken["img1"].flatten().tolist() == [0.0, 7.0] and taken["img2"].flatten().tolist() == [0.0, -7.0]
     with pytest.raises(ValueError, match="every_n_steps=0"):
-        ReconstructionPanels(every_n_steps=0)
+        Panels(every_n_steps=0)
 
 
 def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path):

@@ -27,7 +27,7 @@ TINY = {"img_size": 32, "patch_size": 8, "enc_embed_dim": 32, "enc_depth": 1, "e
 def official_adjust_learning_rate(
     epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: float
 ):
-    """The official utils/misc.py formula, transcribed from croco-facts §3 (no clamping)."""
+    """The official ``utils/misc.py: adjust_learning_rate`` formula (no clamping)."""
     if epoch < warmup_epochs:
         return lr * epoch / warmup_epochs
     return min_lr + (lr - min_lr) * 0.5 * (
@@ -45,7 +45,7 @@ def test_schedule_matches_official_formula(warmup, horizon, min_lr):
 
 def test_schedule_landmarks_of_the_v1_recipe():
     kw = {"peak_lr": 1.0, "warmup_epochs": 40, "epochs": 800}
-    assert warmup_cosine_lr(0.0, **kw) == 0.0  # warm-up starts at 0, not 1e-6 (issue #2)
+    assert warmup_cosine_lr(0.0, **kw) == 0.0  # warm-up starts at 0, as in the official formula
     assert warmup_cosine_lr(20.0, **kw) == pytest.approx(0.5)
     assert warmup_cosine_lr(40.0, **kw) == pytest.approx(1.0)
     assert warmup_cosine_lr(400.0, **kw) == pytest.approx(0.541, abs=5e-4)  # where v1 stops
@@ -112,8 +112,11 @@ def test_lr_scaling_rule():
 def test_recipe_rejects_unknown_keys_and_bad_horizons():
     with pytest.raises(ValueError, match=r"optim: unknown key\(s\) \['lr_sched'\]; allowed: .*warmup_epochs"):
         OptimRecipe.from_mapping({"lr_sched": 1})
-    with pytest.raises(ValueError, match="warmup_epochs < epochs"):
+    with pytest.raises(ValueError, match=r"^optim.epochs=10: expected the cosine horizon > optim.warmup_epochs=10$"):
         OptimRecipe(warmup_epochs=10, epochs=10)
+    for key, value in [("blr", -1.0), ("lr", 0.0), ("clip_grad", -1.0), ("warmup_epochs", float("nan"))]:
+        with pytest.raises(ValueError, match=rf"^optim.{key}={value!r}: expected"):
+            OptimRecipe(**{key: value})
     assert OptimRecipe.from_mapping({"betas": [0.9, 0.99]}).betas == (0.9, 0.99)
 
 

@@ -80,3 +80,31 @@ def test_clip_grad_bounds_the_global_norm(tiny_shards, single_thread):
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordNorm()])  # fmt: skip
     trainer.fit(task, datamodule=datamodule)
     assert norms and all(n <= 1e-3 * (1 + 1e-4) for n in norms)
+
+
+class RecordFirstMask(pl.Callback):
+    """Saves, on every rank, the first training mask the task draws (``mask_seed`` null: its own generator)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module):
+        mask = pl_module.training_mask(4, 64, batch_idx=0, device=torch.device("cpu"))
+        torch.save(mask, f"{self.folder}/mask_rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ranks_draw_different_masks_without_a_mask_seed(tiny_shards, tmp_path):
+    """With mask_seed null every rank seeds its masks by the global seed plus its rank, as the official code does
+    (ddp_spawn on two CPU processes, the ddp_sim trainer)."""
+    pl.seed_everything(0)
+    task = PretrainTask(model=TINY, mask_ratio=0.75, mask_seed=None, optim={"warmup_epochs": 1, "epochs": 2})
+    datamodule = PairDataModule(sources=[str(tiny_shards)], img_size=64, transforms="crop64", batch_size=2,
+                                num_workers=0, pairs_per_epoch=8, val_fraction=0.0)  # fmt: skip
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[RecordFirstMask(str(tmp_path))])  # fmt: skip
+    trainer.fit(task, datamodule=datamodule)
+    masks = [torch.load(tmp_path / f"mask_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert all(m is not None and m.shape == (4, 64) and (m.sum(1) == 48).all() for m in masks)
+    assert not torch.equal(masks[0], masks[1])

@@ -52,11 +52,12 @@ COLUMNS = (
 
 def stage_costs(resolution: int, repeats: int = 12) -> dict[str, float]:
     """Median single-call cost (ms) of a full render, a two-way co-visibility and one JPEG encoding."""
-    from croco.data.cameras import SamplingRules, intrinsics_from_hfov, sample_reference_pose
-    from croco.data.covisibility import covisibility
-    from croco.data.render import CpuRenderer
-    from croco.data.scenes import build_synthetic_scene
     from croco.data.shards import encode_image
+    from croco.geometry.cameras import intrinsics_from_hfov
+    from croco.geometry.covisibility import covisibility
+    from croco.synth.render import CpuRenderer
+    from croco.synth.room import build_synthetic_scene
+    from croco.synth.viewpoints import SamplingRules, sample_reference_pose
 
     scene = build_synthetic_scene(0, 0)
     renderer = CpuRenderer(resolution)
@@ -88,9 +89,9 @@ def throughput(pairs: int, resolution: int, workers: int) -> tuple[float, float,
     a temporary folder."""
     import resource
 
-    from croco.data.generate import generate_pairs
     from croco.data.shards import ShardReader
-    from croco.data.textures import texture_bank
+    from croco.synth.pipeline import generate_pairs
+    from croco.synth.textures import texture_bank
 
     texture_bank(0)  # a long run builds the bank once; in the pool each worker builds its own (timed)
     per_shard = math.ceil(pairs / max(1, workers))

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from croco.utils.sizes import as_hw
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -65,7 +67,7 @@ def parse_transforms(spec: str, img_size: int | tuple[int, int]) -> TransformSpe
     The output size must equal ``img_size`` (the model's input), so a bare ``crop`` means ``crop<img_size>``
     and an explicit size that disagrees is an error rather than a silent mismatch with the model.
     """
-    size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    size = as_hw(img_size)
     crop: tuple[int, int] | None = None
     resize: int | None = None
     acolor = False

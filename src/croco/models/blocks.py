@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from croco.models.pos_embed import RoPE2D
+from croco.utils.sizes import as_hw
 
 __all__ = ["Attention", "Block", "CrossAttention", "DecoderBlock", "Mlp", "PatchEmbed", "use_fused_attn"]
 
@@ -157,7 +158,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = as_hw(img_size)
         self.patch_size = (patch_size, patch_size)
         if any(s % patch_size for s in self.img_size):
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={patch_size}")

@@ -1,6 +1,7 @@
 """Reading and writing checkpoints in the official CroCo layouts, without executing pickled code.
 
-Three layouts exist in the wild (croco-facts §2.3), resolved in this order:
+Three layouts exist in the wild (written by naver/croco ``pretrain.py`` and ``stereoflow/``, read by its
+``demo.py``), resolved in this order:
 
 1. ``{"model": state_dict, "croco_kwargs": {...}}`` — the released CroCo v2 files (and what we export);
 2. ``{"model": ..., "args": Namespace(model="CroCoNet(enc_embed_dim=1024, ...)", ...)}`` — files written by

@@ -12,24 +12,41 @@ sequence with mask tokens and reconstructs the masked patches from its visible o
 
 Constructor arguments, module names and numerics are those of the official implementation, so the released
 checkpoints load with ``strict=True`` (see ``croco.models.checkpoints``). Unlike the official model, any image
-size divisible by the patch size is accepted at run time, square or not.
+size divisible by the patch size is accepted at run time, square or not; with cosine positions the stored
+buffers are then resampled bicubically, as the official ``interpolate_pos_embed`` does (see ``pos_resize``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
 from croco.models.blocks import Block, DecoderBlock, NormLayer, PatchEmbed
 from croco.models.masking import RandomMask
-from croco.models.pos_embed import RoPE2D, rope_base_from_name, sincos_pos_embed_2d
+from croco.models.pos_embed import RoPE2D, resample_pos_embed, rope_base_from_name, sincos_pos_embed_2d
 
-__all__ = ["DECODERS", "CroCoNet"]
+__all__ = ["DECODERS", "POS_RESIZE_MODES", "CroCoNet", "PosResize"]
 
 DECODERS = ("cross", "cat")
+PosResize = Literal["bicubic", "analytic"]
+POS_RESIZE_MODES: tuple[str, ...] = get_args(PosResize)
+CosineBuffer = Literal["enc_pos_embed", "dec_pos_embed"]
+
+
+class _CachedPos(NamedTuple):
+    """A cosine embedding at another grid and what it was computed from: reused only while the buffer is the
+    same tensor (a strong reference, so its identity cannot be recycled), unmodified and in the same storage."""
+
+    source: torch.Tensor
+    version: int
+    data_ptr: int
+    value: torch.Tensor
+
+    def matches(self, buffer: torch.Tensor) -> bool:
+        return self.source is buffer and self.version == buffer._version and self.data_ptr == buffer.data_ptr()
 
 
 class CroCoNet(nn.Module):
@@ -76,7 +93,9 @@ class CroCoNet(nn.Module):
             self.enc_pos_embed = None
             self.dec_pos_embed = None
             self.rope = RoPE2D(base=rope_base_from_name(pos_embed))
-        self._sincos_cache: dict[tuple, torch.Tensor] = {}
+        # Run-time setting, not a constructor argument: it changes no weights, so croco_kwargs and exports ignore it.
+        self.pos_resize = "bicubic"
+        self._pos_cache: dict[tuple[str, tuple[int, int], str], _CachedPos] = {}  # (buffer name, grid, mode)
 
         self.enc_blocks = nn.ModuleList(
             Block(enc_embed_dim, enc_num_heads, mlp_ratio, norm_layer, self.rope) for _ in range(enc_depth)
@@ -147,16 +166,48 @@ class CroCoNet(nn.Module):
         x = x.reshape(B, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(B, channels, h * p, w * p)
 
-    def _sincos(self, name: str, grid: tuple[int, int]) -> torch.Tensor:
-        """The cosine embedding for a token grid: the (possibly resampled) buffer at the construction size,
-        the analytic embedding at any other size."""
+    @property
+    def pos_resize(self) -> PosResize:
+        """How the cosine buffers meet a token grid other than the construction one.
+
+        ``"bicubic"`` (default): resample the stored buffers as the official ``interpolate_pos_embed``
+        (naver/croco ``models/pos_embed.py``) does, so a model holding checkpoint buffers keeps the positions it
+        was trained with. ``"analytic"``: recompute the sin-cos grid at the new size (positions 0..h-1, 0..w-1).
+        At the construction size both give the buffer itself. Used by ``forward`` and the feature methods alike;
+        ignored with RoPE."""
+        return self._pos_resize
+
+    @pos_resize.setter
+    def pos_resize(self, mode: PosResize) -> None:
+        if mode not in POS_RESIZE_MODES:
+            raise ValueError(f"pos_resize={mode!r}: expected one of {', '.join(POS_RESIZE_MODES)}")
+        self._pos_resize = mode
+
+    def cosine_pos_embed(self, name: CosineBuffer, grid: tuple[int, int]) -> torch.Tensor:
+        """The (h*w, D) cosine embedding ``name`` for a (h, w) token grid, adapted as ``pos_resize`` says.
+
+        Cached per grid and mode, and recomputed whenever the buffer changes (``load_state_dict``, ``.to()``, a
+        reassigned buffer), so new buffers take effect at every size."""
         buffer = getattr(self, name)
-        if tuple(grid) == self.patch_embed.grid_size:
+        if buffer is None:
+            raise ValueError(f"{name}: this model has no cosine buffers (pos_embed={self.pos_embed!r})")
+        grid = (int(grid[0]), int(grid[1]))
+        built = self.patch_embed.grid_size
+        if grid == built:
             return buffer
-        key = (name, tuple(grid), buffer.device)
-        if key not in self._sincos_cache:
-            self._sincos_cache[key] = sincos_pos_embed_2d(buffer.shape[1], grid).to(buffer.device)
-        return self._sincos_cache[key]
+        # Inference tensors have no version counter and a trainable buffer needs its graph: no caching then.
+        cacheable = not (buffer.is_inference() or buffer.requires_grad)
+        key = (name, grid, self.pos_resize)
+        cached = self._pos_cache.get(key)
+        if cacheable and cached is not None and cached.matches(buffer):
+            return cached.value
+        if self.pos_resize == "bicubic":
+            out = resample_pos_embed(buffer, grid, src_grid=built)
+        else:
+            out = sincos_pos_embed_2d(buffer.shape[1], grid).to(buffer)
+        if cacheable:
+            self._pos_cache[key] = _CachedPos(buffer, buffer._version, buffer.data_ptr(), out)
+        return out
 
     # ------------------------------------------------------------------------------------------ encoder
     def _encode_image(
@@ -168,7 +219,7 @@ class CroCoNet(nn.Module):
         positions (B, N, 2) of all tokens."""
         x, pos = self.patch_embed(image)
         if self.enc_pos_embed is not None:
-            x = x + self._sincos("enc_pos_embed", self.patch_embed.grid(*image.shape[-2:]))
+            x = x + self.cosine_pos_embed("enc_pos_embed", self.patch_embed.grid(*image.shape[-2:]))
         posvis = pos
         if mask is not None:
             B, _, C = x.shape
@@ -210,8 +261,8 @@ class CroCoNet(nn.Module):
             full[~mask1] = x1.reshape(-1, x1.shape[-1])
             x1 = full
         if self.dec_pos_embed is not None:
-            x1 = x1 + self._sincos("dec_pos_embed", grids[0])
-            x2 = x2 + self._sincos("dec_pos_embed", grids[1])
+            x1 = x1 + self.cosine_pos_embed("dec_pos_embed", grids[0])
+            x2 = x2 + self.cosine_pos_embed("dec_pos_embed", grids[1])
 
         outputs = []
         if self.decoder_type == "cross":

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RandomMask", "num_masked"]
+__all__ = ["RandomMask", "check_mask_ratio", "num_masked"]
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
     return int(ratio * num_patches)
+
+
+def check_mask_ratio(ratio: object, name: str = "mask_ratio") -> float:
+    """The one check of a mask ratio: a number strictly between 0 and 1 (one-line ``ValueError`` naming ``name``)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < float(ratio) < 1.0:
+        raise ValueError(f"{name}={ratio!r}: expected a number strictly between 0 and 1 (e.g. 0.9)")
+    return float(ratio)
 
 
 class RandomMask:
@@ -18,9 +25,7 @@ class RandomMask:
     """
 
     def __init__(self, mask_ratio: float):
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio}: expected a value in [0, 1)")
-        self.mask_ratio = mask_ratio
+        self.mask_ratio = check_mask_ratio(mask_ratio)
 
     def __call__(
         self,

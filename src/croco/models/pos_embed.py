@@ -37,17 +37,30 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return torch.cat([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], dim=1).float()
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resample a checkpoint's square (s*s, D) embedding to a (h, w) grid, as the official
-    ``interpolate_pos_embed`` does (positions keep the pretrained 0..s-1 range; they are not recomputed)."""
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Bicubically resample a (h0*w0, D) position embedding to a (h, w) token grid.
+
+    As the official ``interpolate_pos_embed`` (naver/croco ``models/pos_embed.py``) and timm's
+    ``resample_abs_pos_embed``: reshape to (1, D, h0, w0), ``F.interpolate(mode="bicubic", align_corners=False)``,
+    flatten back row-major. Positions keep the source range 0..h0-1 x 0..w0-1; they are not recomputed.
+    ``src_grid`` defaults to a square grid, which is what the official code assumes of a checkpoint. The
+    embedding itself is returned when the grids agree."""
     n, dim = pos_embed.shape
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"cannot resample a position embedding of {n} tokens: the source grid must be square")
-    if (side, side) == tuple(grid):
+    if src_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"cannot resample a position embedding of {n} tokens: the source grid must be square")
+        src_grid = (side, side)
+    src_grid, grid = tuple(src_grid), tuple(grid)
+    if src_grid[0] * src_grid[1] != n:
+        raise ValueError(f"a position embedding of {n} tokens does not fit the source grid {src_grid}")
+    if src_grid == grid:
         return pos_embed
-    x = pos_embed.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
+    # float32 math: bicubic interpolation is not implemented for every low-precision dtype/device
+    x = pos_embed.float().reshape(1, *src_grid, dim).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
     return x.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim).to(pos_embed.dtype)
 
 

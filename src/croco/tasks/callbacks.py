@@ -1,4 +1,4 @@
-"""Callbacks of the training runs: reconstruction panels, throughput and memory, checkpoints that resume
+"""Callbacks of the training runs: prediction panels, throughput and memory, checkpoints that resume
 exactly and are never half-written, and the export of the official ``.pth`` at the end of training."""
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from croco.tasks.reconstruction import fixed_mask, reconstruction_views, render_panel
+from croco.tasks.base import batch_size_of
 from croco.utils.files import atomic_output
 from croco.utils.hardware import memory_in_use_bytes, memory_label
 
 __all__ = [
     "AtomicCheckpointIO",
     "ExportOfficialCheckpoint",
-    "ReconstructionPanels",
+    "Panels",
     "RunCheckpoint",
     "ThroughputMonitor",
     "atomic_save_image",
@@ -40,14 +41,14 @@ def atomic_save_image(image: Any, path: Path) -> Path:
     return path
 
 
-class ReconstructionPanels(Callback):
-    """Every ``every_n_steps`` optimizer steps (and at the end of training): a panel of reference view |
-    masked view | reconstruction | target for ``num_samples`` pairs.
+class Panels(Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end of training): a picture of the task's predictions
+    on ``num_samples`` samples, drawn by the task's ``render_panel`` (``croco.tasks.base.BaseTask``).
 
-    The pairs are spread over the first (non-sanity) validation epoch, evenly spaced batches and positions, so
-    they come from different scenes; until a validation has run, the current training batch is used. The mask is
-    fixed (``seed``), so successive panels show the same inputs under the same mask. Written as
-    ``<out_dir>/step_XXXXXX.png`` and, when a logger is W&B, logged with ``log_image`` under ``key``.
+    The samples are spread over the first (non-sanity) validation epoch, evenly spaced batches and positions, so
+    they come from different scenes; until a validation has run, the current training batch is used. Successive
+    panels show the same samples. Written as ``<out_dir>/step_XXXXXX.png`` and, when a logger is W&B, logged
+    with ``log_image`` under ``key``.
     """
 
     def __init__(
@@ -55,8 +56,7 @@ class ReconstructionPanels(Callback):
         every_n_steps: int = 1000,
         num_samples: int = 4,
         out_dir: str | os.PathLike | None = None,
-        seed: int = 0,
-        key: str = "val/reconstruction",
+        key: str = "val/panel",
     ):
         if every_n_steps < 1 or num_samples < 1:
             raise ValueError(
@@ -65,22 +65,25 @@ class ReconstructionPanels(Callback):
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.seed = seed
         self.key = key
-        self._pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._samples: dict[str, torch.Tensor] | None = None
         self._from_validation = False
         self._plan: dict[int, int] | None = None
-        self._collected: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._collected: list[dict[str, torch.Tensor]] = []
         self._last_step = -1
         self.written: list[Path] = []
         self.failed_uploads = 0
 
-    def _take(self, batch: Any, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` (default ``num_samples``) samples at evenly spaced positions of a batch."""
-        size = batch["img1"].shape[0]
+    def _take(self, batch: Any, count: int | None = None) -> dict[str, torch.Tensor]:
+        """``count`` (default ``num_samples``) samples at evenly spaced positions of a batch (its tensors)."""
+        size = batch_size_of(batch)
         count = min(count or self.num_samples, size)
         index = torch.linspace(0, size - 1, count).round().long()
-        return batch["img1"][index].detach().clone(), batch["img2"][index].detach().clone()
+        return {
+            key: value[index.to(value.device)].detach().clone()
+            for key, value in batch.items()
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == size
+        }
 
     def sampling_plan(self, num_batches: float) -> dict[int, int]:
         """Samples to take per validation batch: evenly spaced batches, shared round-robin."""
@@ -107,19 +110,19 @@ class ReconstructionPanels(Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._collected and not self._from_validation:
-            img1 = torch.cat([a for a, _ in self._collected])[: self.num_samples]
-            img2 = torch.cat([b for _, b in self._collected])[: self.num_samples]
-            self._pairs, self._from_validation = (img1, img2), True
+            keys = self._collected[0].keys()
+            self._samples = {k: torch.cat([c[k] for c in self._collected])[: self.num_samples] for k in keys}
+            self._from_validation = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._pairs is None:
-            self._pairs = self._take(batch)
+        if self._samples is None:
+            self._samples = self._take(batch)
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_step:
             self.render(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._pairs is not None and trainer.global_step != self._last_step:
+        if self._samples is not None and trainer.global_step != self._last_step:
             self.render(trainer, pl_module)
 
     def _folder(self, trainer: pl.Trainer) -> Path:
@@ -130,24 +133,15 @@ class ReconstructionPanels(Callback):
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
         """Draw and write the panel for the current step (global rank 0 only)."""
         self._last_step = trainer.global_step
-        if not trainer.is_global_zero or self._pairs is None:
+        if not trainer.is_global_zero or self._samples is None:
             return None
-        net = pl_module.net
-        img1, img2 = (t.to(pl_module.device) for t in self._pairs)
-        grid = net.patch_embed.grid(*img1.shape[-2:])
-        mask = fixed_mask(
-            img1.shape[0], grid[0] * grid[1], pl_module.hparams.mask_ratio, self.seed, img1.device
-        )
-        was_training = net.training
-        net.eval()
-        try:
-            views = reconstruction_views(net, img1, img2, mask, norm_pix_loss=pl_module.hparams.norm_pix_loss)
-        finally:
-            net.train(was_training)
-        panel = render_panel(views)
+        samples = {key: value.to(pl_module.device) for key, value in self._samples.items()}
+        panel = pl_module.render_panel(samples)
+        if panel is None:
+            return None
         path = atomic_save_image(panel, self._folder(trainer) / f"step_{trainer.global_step:06d}.png")
         self.written.append(path)
-        caption = f"step {trainer.global_step}: reference | masked | reconstruction | target"
+        caption = f"step {trainer.global_step}: {getattr(pl_module, 'panel_caption', '')}"
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 try:  # from the PNG on disk: no temporary copy in the system temp folder
@@ -163,7 +157,7 @@ class ReconstructionPanels(Callback):
 
 
 class ThroughputMonitor(Callback):
-    """Logs ``perf/pairs_per_s`` (all devices) and memory (``perf/cuda_max_allocated_gb`` on a GPU, else
+    """Logs ``perf/pairs_per_s`` (samples per second, all devices) and memory (``perf/cuda_max_allocated_gb`` on a GPU, else
     ``perf/rss_gb`` of rank 0) every ``every_n_steps`` training batches, averaged over those batches. Validation
     time is excluded; the first window of each epoch includes the data-loader start-up."""
 
@@ -194,7 +188,7 @@ class ThroughputMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._start is None:
             self._reset()
-        self._pairs += int(batch["img1"].shape[0]) * trainer.world_size
+        self._pairs += batch_size_of(batch) * trainer.world_size
         self._batches += 1
         if self._batches < self.every_n_steps:
             return
@@ -216,13 +210,23 @@ class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also writes ``last`` at the very end of training.
 
     Lightning's own end-of-training ``last`` is skipped once any step-triggered checkpoint was written, so a run
-    whose length is not a multiple of ``every_n_train_steps`` would resume from before its end."""
+    whose length is not a multiple of ``every_n_train_steps`` would resume from before its end. Written with the
+    public ``Trainer.save_checkpoint`` (every rank takes part, as in any checkpoint save)."""
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any):
+        super().__init__(*args, every_n_train_steps=every_n_train_steps, **kwargs)
+        self.every_n_steps = every_n_train_steps or 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        else:
-            super().on_train_end(trainer, pl_module)
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return super().on_train_end(trainer, pl_module)
+        step = trainer.global_step
+        if step == 0 or (self.every_n_steps and step % self.every_n_steps == 0):
+            return None  # nothing trained, or the step trigger wrote `last` at this very step
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # before saving: it is part of the state written
+        trainer.save_checkpoint(path)
+        return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -236,7 +240,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
-        if not _is_local_file_protocol(path):
+        if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_output(path) as tmp:
             torch.save(checkpoint, tmp)

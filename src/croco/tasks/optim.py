@@ -1,5 +1,6 @@
-"""The CroCo optimisation recipe (croco-facts §3): AdamW with no weight decay on biases and 1-D parameters,
-lr = blr x effective batch / 256, and one per-step schedule: linear warm-up from 0, then half-cycle cosine.
+"""The CroCo optimisation recipe (naver/croco ``pretrain.py`` and ``utils/misc.py``): AdamW with no weight decay
+on biases and 1-D parameters, lr = blr x effective batch / 256, and one per-step schedule: linear warm-up from 0,
+then half-cycle cosine.
 
 The schedule runs in *fractional epochs* with a cosine horizon (``epochs``) that is independent of where
 training stops (``trainer.max_epochs``): CroCo v1 warms up for 40 epochs, plans a cosine over 800 and stops at
@@ -9,6 +10,7 @@ training stops (``trainer.max_epochs``): CroCo v1 warms up for 40 epochs, plans 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -26,6 +28,10 @@ __all__ = [
     "scaled_lr",
     "warmup_cosine_lr",
 ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,21 @@ class OptimRecipe:
     clip_grad: float | None = None
 
     def __post_init__(self) -> None:
+        """The one set of checks of the recipe's values (configs are checked through it at start-up)."""
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.warmup_epochs < 0 or self.epochs <= self.warmup_epochs:
-            raise ValueError(
-                f"optim: need 0 <= warmup_epochs < epochs, got warmup_epochs={self.warmup_epochs}, epochs={self.epochs}"
-            )
+        warmup, epochs = self.warmup_epochs, self.epochs
+        if not _is_number(warmup) or warmup < 0:
+            raise ValueError(f"optim.warmup_epochs={warmup!r}: expected a number >= 0")
+        if not _is_number(epochs) or epochs <= warmup:
+            raise ValueError(f"optim.epochs={epochs!r}: expected the cosine horizon > optim.warmup_epochs={warmup}")
+        for key in ("blr", "weight_decay", "min_lr", "eps"):
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"optim.{key}={value!r}: expected a number >= 0")
+        if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
+            raise ValueError(f"optim.lr={self.lr!r}: expected null (lr = blr * effective batch / 256) or a number > 0")
+        if self.clip_grad is not None and (not _is_number(self.clip_grad) or self.clip_grad <= 0):
+            raise ValueError(f"optim.clip_grad={self.clip_grad!r}: expected null (no clipping) or a max norm > 0")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | OptimRecipe | None) -> OptimRecipe:
@@ -157,7 +173,7 @@ def build_optimizer(model: nn.Module, recipe: OptimRecipe, lr: float) -> torch.o
 def build_scheduler(
     optimizer: torch.optim.Optimizer, recipe: OptimRecipe, steps_per_epoch: float, peak_lr: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step ``LambdaLR``; at construction the lr is set to the step-0 value, i.e. 0."""
+    """Per-optimizer-step ``LambdaLR``; at construction the lr is set to the step-0 value (0 during warm-up)."""
     if steps_per_epoch <= 0 or not math.isfinite(steps_per_epoch):
         raise ValueError(f"steps_per_epoch must be a positive finite number, got {steps_per_epoch}")
     factor = WarmupCosineLambda(
@@ -172,11 +188,12 @@ def build_scheduler(
 def rebase_scheduler(
     scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: float, peak_lr: float, min_lr: float = 0.0
 ) -> float | None:
-    """Move a restored schedule onto this launch's steps per epoch and peak lr, keeping its position in epochs.
+    """Put a schedule on this launch's steps per epoch and peak lr, keeping its position in epochs.
 
-    A resumed run may have another device count, accumulation or ``limit_train_batches`` than the run that wrote
-    the checkpoint; the restored ``LambdaLR`` would otherwise keep the old step length and peak. Returns the epoch
-    the schedule stands at when something changed, else None."""
+    Called at the start of every launch: a fresh run's schedule is built before the train data are loaded, and
+    a resumed run may have another device count, accumulation or ``limit_train_batches`` than the run that wrote
+    the checkpoint (the restored ``LambdaLR`` would otherwise keep the old step length and peak). Returns the
+    epoch the schedule stands at when something changed, else None."""
     factors = scheduler.lr_lambdas
     if not all(isinstance(f, WarmupCosineLambda) for f in factors):
         return None
@@ -193,9 +210,11 @@ def rebase_scheduler(
     )
     scheduler.lr_lambdas = [fresh for _ in factors]
     scheduler.base_lrs = [peak_lr for _ in scheduler.base_lrs]
-    scheduler.last_epoch = round(epoch * steps_per_epoch)
     for group in scheduler.optimizer.param_groups:
         group["initial_lr"] = peak_lr
-        group["lr"] = peak_lr * fresh(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    # one step from the step before: LambdaLR then sets every group's lr and its own record of the last lr
+    scheduler.last_epoch = round(epoch * steps_per_epoch) - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
     return epoch

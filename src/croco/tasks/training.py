@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers
-from croco.utils.config import ConfigError, validate_train_config
+from croco.tasks.checks import validate_train_config
+from croco.utils.config import ConfigError
 from croco.utils.instantiate import instantiate
 from croco.utils.logging import (
     build_callbacks,

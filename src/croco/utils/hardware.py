@@ -6,7 +6,6 @@ Kept free of Lightning so configs can ask these questions (through resolvers) be
 from __future__ import annotations
 
 import functools
-import os
 import resource
 import sys
 from pathlib import Path
@@ -88,9 +87,3 @@ def memory_label(device: torch.device | str | None = None) -> str:
     device = torch.device(device) if device is not None else torch.device("cpu")
     return "cuda_max_allocated_gb" if device.type == "cuda" else "rss_gb"
 
-
-def visible_cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1

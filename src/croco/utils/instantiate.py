@@ -2,8 +2,7 @@
 
 A config can name any importable callable in ``_target_``; an allow-list keeps a config file (or a CLI
 override) from running arbitrary code such as ``os.system``. Every instantiation in the project goes through
-:func:`instantiate`, so the list lives in one place, and moving to Hydra 1.4 (which has its own target
-whitelist) touches only this file.
+:func:`instantiate`, so the list lives in one place.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hydra.utils
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 __all__ = [
     "ALLOWED_TARGET_PREFIXES",
@@ -79,10 +78,6 @@ def instantiate(cfg: Any, *args: Any, **kwargs: Any) -> Any:
     for key, value in kwargs.items():
         if isinstance(value, DictConfig | ListConfig | Mapping):
             check_targets(value, where=key)
-    whitelist = getattr(hydra.utils, "target_whitelist", None)  # Hydra >= 1.4
-    if whitelist is not None:  # pragma: no cover - Hydra 1.4 only
-        with whitelist(*(p + "*" for p in ALLOWED_TARGET_PREFIXES)):
-            return hydra.utils.instantiate(cfg, *args, **kwargs)
     return hydra.utils.instantiate(cfg, *args, **kwargs)
 
 
@@ -92,9 +87,3 @@ def _root_name(cfg: Any) -> str:
         return str(cfg._get_full_key(None) or "")
     return ""
 
-
-def to_plain(cfg: Any) -> Any:
-    """A resolved plain container (dict/list/scalars) of a config node; plain values pass through."""
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg

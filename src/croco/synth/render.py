@@ -1,8 +1,8 @@
 """Renderers: (scene, K, pose) -> RGB, metric z-depth and surface classes.
 
 ``Renderer`` is the interface every scene source implements (the CPU ray caster here for procedural rooms,
-``croco.data.habitat.HabitatRenderer`` for habitat-sim); the pair sampler, co-visibility and shard writing
-only ever talk to it. Conventions are those of ``croco.data.cameras`` (world y up, OpenCV camera axes,
+``croco.synth.habitat.HabitatRenderer`` for habitat-sim); the pair sampler, co-visibility and shard writing
+only ever talk to it. Conventions are those of ``croco.geometry.cameras`` (world y up, OpenCV camera axes,
 camera-to-world poses, depth = camera z, pixel centres at +0.5).
 
 ``CpuRenderer`` casts one ray per pixel against the room (the inside of a box: one exit face per ray) and
@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from croco.data.cameras import camera_rays
-from croco.data.scenes import CLASS_ID, Scene, yaw_matrix
+from croco.geometry.cameras import camera_rays
+from croco.synth.scene import CLASS_ID, Scene, yaw_matrix
 
 _ALLOCATOR_TUNED = False
 
@@ -63,7 +63,7 @@ class SceneUnusable(RuntimeError):
 
 class Rendering(NamedTuple):
     """One rendered view: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 z-depth in metres (0 = invalid),
-    ``semantics`` (H, W) uint8 surface class (``croco.data.scenes.SURFACE_CLASSES``) or None."""
+    ``semantics`` (H, W) uint8 surface class (``croco.synth.scene.SURFACE_CLASSES``) or None."""
 
     rgb: np.ndarray
     depth: np.ndarray
@@ -201,7 +201,7 @@ def face_table(scene: Scene) -> np.ndarray:
 
 
 class CpuRenderer(Renderer):
-    """Vectorised numpy ray caster for ``croco.data.scenes.Scene`` rooms.
+    """Vectorised numpy ray caster for ``croco.synth.scene.Scene`` rooms.
 
     Works on flat per-pixel arrays (structure of arrays, float32) and one face id per pixel; every per-surface
     quantity comes from ``face_table`` by a 1-D gather. ``semantics=False`` skips the class map. Deterministic
@@ -244,7 +244,7 @@ class CpuRenderer(Renderer):
     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """(origin, world ray planes, depth, valid mask, face id) of every pixel."""
         if not isinstance(scene, Scene):
-            raise TypeError(f"CpuRenderer renders croco.data.scenes.Scene, got {type(scene).__name__}")
+            raise TypeError(f"CpuRenderer renders croco.synth.scene.Scene, got {type(scene).__name__}")
         K = np.asarray(K, dtype=np.float64)
         pose = np.asarray(pose, dtype=np.float64)
         if K.shape != (3, 3) or pose.shape != (4, 4):

@@ -13,7 +13,7 @@ nearest-neighbour radius; reprojection with an occlusion test gives the same qua
 is exact for rendered depth.
 
 Conventions (world y up, OpenCV camera axes, camera-to-world poses, z-depth, pixel centres at +0.5) are those
-of ``croco.data.cameras``.
+of ``croco.geometry.cameras``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from croco.data.cameras import camera_rays
+from croco.geometry.cameras import camera_rays
 
 DEFAULT_RTOL = 0.05
 """Relative depth tolerance of the occlusion test: a surface must be >5 % nearer to hide a point."""
@@ -155,3 +155,9 @@ def optical_flow(
     flow[~defined] = 0.0
     valid = visible_in_other(depth1, depth2, K1, K2, pose1, pose2, rtol=rtol)
     return flow.astype(np.float32), valid
+
+
+def disparity_from_depth(depth: np.ndarray, focal: float, baseline: float) -> np.ndarray:
+    """Rectified-stereo disparity f·B/depth in pixels (0 where depth is invalid)."""
+    safe = np.where(depth > 0, depth, 1.0)
+    return np.where(depth > 0, focal * baseline / safe, 0.0).astype(np.float32)

@@ -3,13 +3,13 @@
 habitat-sim is not a pip package (conda/source builds only) and cannot be installed on every machine, so the
 import is guarded: ``HABITAT_AVAILABLE`` says whether it loaded and ``require_habitat()`` raises a one-line
 error that says how to get it. Everything that does not touch the simulator — camera sampling, co-visibility,
-the shard writing — is shared with the procedural rooms (``croco.data.generate``) and tested there; only the
+the shard writing — is shared with the procedural rooms (``croco.synth.pipeline``) and tested there; only the
 thin calls below are habitat-specific:
 
 - ``HabitatRenderer(resolution, hfov_deg)`` owns one ``habitat_sim.Simulator`` with a COLOR and a DEPTH
   ``CameraSensorSpec`` (sensor at the agent origin, so the agent state *is* the camera pose);
   ``load_scene(path)`` reconfigures it for a scene and returns a ``HabitatScene``;
-- ``HabitatScene`` implements ``croco.data.cameras.NavigableScene`` on the scene's navmesh
+- ``HabitatScene`` implements ``croco.synth.viewpoints.NavigableScene`` on the scene's navmesh
   (``pathfinder.get_random_navigable_point`` / ``snap_point`` / ``is_navigable``; a missing navmesh is
   recomputed with default ``NavMeshSettings``, as the released generator does), seeding the pathfinder from
   our generator so sampling stays deterministic;
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from croco.data.render import Renderer, Rendering, SceneUnusable
+from croco.synth.render import Renderer, Rendering, SceneUnusable
 
 try:  # pragma: no cover - exercised only where habitat-sim is installed
     import habitat_sim  # type: ignore[import-not-found]
@@ -188,7 +188,7 @@ class HabitatRenderer(Renderer):
         return self._scene
 
     def render(self, scene: HabitatScene, K: np.ndarray, pose: np.ndarray) -> Rendering:
-        from croco.data.cameras import intrinsics_from_hfov
+        from croco.geometry.cameras import intrinsics_from_hfov
 
         if self._sim is None or scene is not self._scene:
             raise ValueError(

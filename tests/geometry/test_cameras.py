@@ -1,4 +1,4 @@
-"""Camera conventions and the paper's view-sampling rules (croco-facts §4.3)."""
+"""Camera conventions and the paper's view-sampling rules (naver/croco ``datasets/habitat_sim/``)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from croco.data.cameras import (
+from croco.geometry.cameras import (
     UP,
-    SamplingRules,
     camera_rays,
     heading_rotation,
     intrinsics_from_hfov,
     look_at,
     mean_valid_point,
+    unproject_depth,
+)
+from croco.synth.scene import simple_scene
+from croco.synth.viewpoints import (
+    SamplingRules,
     orientation_noise,
     random_walk,
     sample_reference_pose,
     sample_second_pose,
-    unproject_depth,
 )
-from croco.data.scenes import simple_scene
 
 
 class OpenFloor:

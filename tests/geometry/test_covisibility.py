@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from croco.data.cameras import camera_rays, intrinsics_from_hfov, look_at, make_pose
-from croco.data.covisibility import covisibility, optical_flow, reproject, visible_in_other
-from croco.data.render import CpuRenderer
-from croco.data.scenes import simple_scene
+from croco.geometry.cameras import camera_rays, intrinsics_from_hfov, look_at, make_pose
+from croco.geometry.covisibility import covisibility, optical_flow, reproject, visible_in_other
+from croco.synth.render import CpuRenderer
+from croco.synth.scene import simple_scene
 
 W = 64
 K = intrinsics_from_hfov(60.0, W)

@@ -8,16 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from croco.data.cameras import (
-    SamplingRules,
-    intrinsics_from_hfov,
-    look_at,
-    make_pose,
-    sample_reference_pose,
-    unproject_depth,
-)
-from croco.data.covisibility import reproject, visible_in_other
-from croco.data.habitat import (
+from croco.geometry.cameras import intrinsics_from_hfov, look_at, make_pose, unproject_depth
+from croco.geometry.covisibility import reproject, visible_in_other
+from croco.synth.habitat import (
     HABITAT_AVAILABLE,
     OPENCV_TO_HABITAT,
     HabitatRenderer,
@@ -27,9 +20,11 @@ from croco.data.habitat import (
     rotation_to_quaternion,
     scene_id_from_path,
 )
-from croco.data.render import CpuRenderer, Renderer, Rendering
-from croco.data.scenes import CLASS_ID, SURFACE_CLASSES, build_synthetic_scene, simple_scene
-from croco.data.textures import TextureAtlas, TextureBank, mipmaps, spectral_noise
+from croco.synth.render import CpuRenderer, Renderer, Rendering
+from croco.synth.room import build_synthetic_scene
+from croco.synth.scene import CLASS_ID, SURFACE_CLASSES, simple_scene
+from croco.synth.textures import TextureAtlas, TextureBank, mipmaps, spectral_noise
+from croco.synth.viewpoints import SamplingRules, sample_reference_pose
 
 SIZE = 96
 K = intrinsics_from_hfov(60.0, SIZE)

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from croco.data import generate as generate_module
-from croco.data.cameras import camera_rays, intrinsics_from_hfov
-from croco.data.covisibility import covisibility, optical_flow
-from croco.data.generate import GenerationStats, PairOptions, PairSampler, generate_pairs, valid_fraction
-from croco.data.render import Renderer, Rendering, SceneUnusable
-from croco.data.scenes import SURFACE_CLASSES
 from croco.data.shards import ShardReader, list_shards
+from croco.geometry.cameras import camera_rays, intrinsics_from_hfov
+from croco.geometry.covisibility import covisibility, optical_flow
+from croco.synth import pipeline as generate_module
+from croco.synth.pipeline import generate_pairs
+from croco.synth.render import Renderer, Rendering, SceneUnusable
+from croco.synth.sampler import GenerationStats, PairOptions, PairSampler, valid_fraction
+from croco.synth.scene import SURFACE_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"resolution": 48, "pairs_per_shard": 3, "pairs_per_scene": 4, "progress": False}
@@ -220,7 +221,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         generate_pairs(tmp_path, 2, overlap_min=0.8, overlap_max=0.2)
     with pytest.raises(ValueError, match="job_index"):
         generate_pairs(tmp_path, 2, num_jobs=2, job_index=2)
-    from croco.data.habitat import HABITAT_AVAILABLE
+    from croco.synth.habitat import HABITAT_AVAILABLE
 
     if not HABITAT_AVAILABLE:
         with pytest.raises(ImportError, match="habitat-sim"):
@@ -309,10 +310,10 @@ def test_hydra_app_runs_with_the_documented_command_line(tmp_path):
 def test_screening_subsamples_the_reference_exactly():
     """The reference's screening view is its full-resolution depth subsampled with a matching K: identical to
     rendering that K directly, so screening needs no extra render of the reference."""
-    from croco.data.cameras import SamplingRules, sample_reference_pose
-    from croco.data.generate import subsample_view
-    from croco.data.render import CpuRenderer
-    from croco.data.scenes import build_synthetic_scene
+    from croco.synth.render import CpuRenderer
+    from croco.synth.room import build_synthetic_scene
+    from croco.synth.sampler import subsample_view
+    from croco.synth.viewpoints import SamplingRules, sample_reference_pose
 
     scene = build_synthetic_scene(1, 0)
     K = intrinsics_from_hfov(60.0, 96)
@@ -325,7 +326,7 @@ def test_screening_subsamples_the_reference_exactly():
 
 
 def test_habitat_scene_patterns_expand_or_fail_clearly(tmp_path):
-    from croco.data.generate import expand_scene_paths
+    from croco.synth.pipeline import expand_scene_paths
 
     for name in ("b.glb", "a.glb"):
         (tmp_path / "scenes" / name.split(".")[0]).mkdir(parents=True)

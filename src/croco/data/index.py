@@ -1,0 +1,156 @@
+"""The pair index of a set of shard folders: which pairs exist, their overlap, and the train / val split by scene.
+
+Only the small per-pair columns are read (overlap, scene, byte offsets); pairs whose overlap lies outside
+``[overlap_min, overlap_max]`` are dropped and the rest split by a hash of the scene id, so no scene is seen in
+both splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from croco.data.shards import ShardError, ShardReader, list_shards
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """One shard folder and its relative share of each training epoch."""
+
+    path: Path
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, entry: Any) -> PairSource:
+        """Accept ``{path, weight}`` mappings (Hydra) or bare paths (weight 1)."""
+        if isinstance(entry, PairSource):
+            return entry
+        if isinstance(entry, (str, Path)):
+            return cls(Path(entry))
+        if isinstance(entry, Mapping):
+            unknown = set(entry) - {"path", "weight"}
+            if "path" not in entry or unknown:
+                raise ValueError(f"data source {dict(entry)!r}: expected keys path and optional weight")
+            weight = float(entry.get("weight", 1.0))
+            if not (weight >= 0 and math.isfinite(weight)):
+                raise ValueError(
+                    f"data source {entry['path']}: weight must be a finite number >= 0, got {weight}"
+                )
+            return cls(Path(str(entry["path"])), weight)
+        raise ValueError(f"data source {entry!r}: expected a path or a {{path, weight}} mapping")
+
+
+def is_val_scene(scene: str, val_fraction: float) -> bool:
+    """Deterministic scene-level split: a stable 64-bit hash of the scene id, mapped to [0, 1)."""
+    digest = hashlib.blake2b(scene.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64 < val_fraction
+
+
+@dataclass
+class PairIndex:
+    """The pairs of one split: which reader and which row, from which source, with what overlap."""
+
+    readers: list[ShardReader]
+    shard: np.ndarray  # (n,) index into readers
+    local: np.ndarray  # (n,) row inside the shard
+    source: np.ndarray  # (n,) index into the source list
+    overlap: np.ndarray  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def scene(self, pair: int) -> str:
+        return self.readers[self.shard[pair]].scene[self.local[pair]]
+
+    def location(self, pair: int) -> str:
+        return f"{self.readers[self.shard[pair]].path} pair {self.local[pair]}"
+
+
+@dataclass
+class SplitReport:
+    """What ``setup`` found, logged once and kept on the DataModule (``datamodule.report``)."""
+
+    shards: int = 0
+    pairs: int = 0
+    train: int = 0
+    val: int = 0
+    dropped_train: int = 0  # outside the overlap range
+    dropped_val: int = 0
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        summary = (
+            f"{self.pairs} pairs in {self.shards} shards: train {self.train}, val {self.val} "
+            f"(overlap filter dropped {self.dropped_train} train / {self.dropped_val} val pairs)"
+        )
+        out = [summary]
+        out += [f"  {name}: {counts}" for name, counts in self.per_source.items()]
+        return out
+
+
+def build_index(
+    sources: Sequence[PairSource], overlap_min: float, overlap_max: float, val_fraction: float
+) -> tuple[PairIndex, PairIndex, SplitReport]:
+    """Open every shard of every source and split its pairs into (train, val) by scene, overlap-filtered."""
+    readers: list[ShardReader] = []
+    columns: dict[str, dict[str, list[np.ndarray]]] = {
+        split: {"shard": [], "local": [], "source": [], "overlap": []} for split in ("train", "val")
+    }
+    report = SplitReport()
+    val_of_scene: dict[str, bool] = {}
+    for source_id, source in enumerate(sources):
+        counts = {"shards": 0, "pairs": 0, "train": 0, "val": 0, "dropped": 0}
+        for path in list_shards(source.path):
+            reader = ShardReader(path)
+            shard_id = len(readers)
+            readers.append(reader)
+            is_val = np.fromiter(
+                (val_of_scene.setdefault(s, is_val_scene(s, val_fraction)) for s in reader.scene),
+                dtype=bool,
+                count=len(reader),
+            )
+            in_range = (reader.overlap >= overlap_min) & (reader.overlap <= overlap_max)
+            counts["shards"] += 1
+            counts["pairs"] += len(reader)
+            counts["dropped"] += int((~in_range).sum())
+            report.dropped_train += int((~in_range & ~is_val).sum())
+            report.dropped_val += int((~in_range & is_val).sum())
+            for split, members in (("train", ~is_val & in_range), ("val", is_val & in_range)):
+                rows = np.flatnonzero(members)
+                counts[split] += len(rows)
+                columns[split]["shard"].append(np.full(len(rows), shard_id, dtype=np.int32))
+                columns[split]["local"].append(rows.astype(np.int64))
+                columns[split]["source"].append(np.full(len(rows), source_id, dtype=np.int16))
+                columns[split]["overlap"].append(reader.overlap[rows])
+        report.shards += counts["shards"]
+        report.pairs += counts["pairs"]
+        report.per_source[str(source.path)] = counts
+
+    def assemble(split: str) -> PairIndex:
+        parts = columns[split]
+        empty = {"shard": np.int32, "local": np.int64, "source": np.int16, "overlap": np.float32}
+        arrays = {
+            key: np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype=empty[key]) for key in empty
+        }
+        return PairIndex(readers=readers, **arrays)
+
+    train, val = assemble("train"), assemble("val")
+    report.train, report.val = len(train), len(val)
+    return train, val, report
+
+
+def check_sources(sources: Sequence[Any], key: str = "data.sources") -> None:
+    """Every source folder holds readable shards; otherwise a one-line ``ShardError`` naming the source (the
+    start-up check of a run whose data must already exist)."""
+    for i, entry in enumerate(sources):
+        path = PairSource.parse(entry).path
+        try:
+            list_shards(path)
+        except ShardError as error:
+            raise ShardError(f"{key}[{i}].path: {error}") from None
