@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timm.layers import Mlp
+
 from croco.models.pos_embed import RoPE2D
 from croco.utils.sizes import as_hw
 
-__all__ = ["Attention", "Block", "CrossAttention", "DecoderBlock", "Mlp", "PatchEmbed", "use_fused_attn"]
+__all__ = ["Attention", "Block", "CrossAttention", "DecoderBlock", "PatchEmbed", "use_fused_attn"]
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -32,17 +34,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool) -> t
         return F.scaled_dot_product_attention(q, k, v)
     attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     return attn.softmax(dim=-1) @ v
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Attention(nn.Module):
@@ -109,7 +100,7 @@ class Block(nn.Module):
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, rope=rope)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # timm's: fc1, GELU, fc2 (the official names)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), pos)

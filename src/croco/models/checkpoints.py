@@ -33,6 +33,7 @@ __all__ = [
     "load_official_checkpoint",
     "parse_model_string",
     "read_official_checkpoint",
+    "uncompiled_state",
 ]
 
 
@@ -150,6 +151,12 @@ def _short(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
+def uncompiled_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The entries of ``state`` under ``prefix`` (prefix removed), with the ``_orig_mod.`` that
+    ``torch.compile``'d modules add to their keys taken out: the names of the plain network."""
+    return {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+
+
 def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path:
     """Write ``{"model", "croco_kwargs"}`` so the official tools and DUSt3R can read our weights.
 
@@ -157,7 +164,7 @@ def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path
     if model.decoder_type != "cross":
         raise ValueError(f"decoder={model.decoder_type!r} has no official equivalent; only 'cross' can be exported")
     kwargs = {k: v for k, v in model.croco_kwargs.items() if k != "decoder"}
-    state = {k.replace("_orig_mod.", ""): v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in uncompiled_state(model.state_dict()).items()}
     with atomic_output(path) as tmp:
         torch.save({"model": state, "croco_kwargs": kwargs}, tmp)
     return Path(path)

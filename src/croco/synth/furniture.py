@@ -356,47 +356,15 @@ def pictures(builder: RoomBuilder, count: int) -> None:
         )
 
 
-PIECES: dict[str, Piece] = {
-    "table": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.5)]),
-        wall_probability=0.3,
-        build=table,
-    ),
-    "cabinet": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.3, 0.9), rng.uniform(0.2, 0.32)]),
-        wall_probability=1.0,
-        build=cabinet,
-    ),
-    "bookcase": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.2)]),
-        wall_probability=1.0,
-        build=bookcase,
-    ),
-    "bed": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.45, 0.95), rng.uniform(0.95, 1.05)]),
-        wall_probability=1.0,
-        build=bed,
-    ),
-    "sofa": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.75, 1.2), rng.uniform(0.4, 0.5)]),
-        wall_probability=0.7,
-        build=sofa,
-    ),
-    "lamp": Piece(
-        footprint=lambda rng: np.array([0.18, 0.18]),
-        wall_probability=0.0,
-        build=lamp,
-    ),
-    "crates": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.4)]),
-        wall_probability=0.5,
-        build=crates,
-    ),
-    "pillar": Piece(
-        footprint=lambda rng: np.array([rng.uniform(0.15, 0.3)] * 2),
-        wall_probability=0.0,
-        build=pillar,
-    ),
+PIECES: dict[str, Piece] = {  # name: footprint (half extents x, z), share against a wall, builder
+    "table": Piece(lambda rng: np.array([rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.5)]), 0.3, table),
+    "cabinet": Piece(lambda rng: np.array([rng.uniform(0.3, 0.9), rng.uniform(0.2, 0.32)]), 1.0, cabinet),
+    "bookcase": Piece(lambda rng: np.array([rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.2)]), 1.0, bookcase),
+    "bed": Piece(lambda rng: np.array([rng.uniform(0.45, 0.95), rng.uniform(0.95, 1.05)]), 1.0, bed),
+    "sofa": Piece(lambda rng: np.array([rng.uniform(0.75, 1.2), rng.uniform(0.4, 0.5)]), 0.7, sofa),
+    "lamp": Piece(lambda rng: np.array([0.18, 0.18]), 0.0, lamp),
+    "crates": Piece(lambda rng: np.array([rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.4)]), 0.5, crates),
+    "pillar": Piece(lambda rng: np.array([rng.uniform(0.15, 0.3)] * 2), 0.0, pillar),
 }
 FURNITURE_DRAWS = ("table", "table", "cabinet", "bookcase", "bed", "sofa", "lamp", "crates", "crates")
 """The furniture a room draws from, uniformly (repeats make tables and crates twice as frequent)."""

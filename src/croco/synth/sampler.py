@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -149,6 +150,14 @@ def valid_fraction(depth: np.ndarray) -> float:
     return float(np.count_nonzero(depth)) / depth.size
 
 
+class Reference(NamedTuple):
+    """The first view of a pair: its navigable floor point, camera pose and rendering."""
+
+    nav: np.ndarray
+    pose: np.ndarray
+    view: Rendering
+
+
 class PairSampler:
     """Samples one accepted ``ViewPair`` of a scene for the configured task.
 
@@ -181,7 +190,7 @@ class PairSampler:
         }[self.options.task]
         for _ in range(self.options.max_references):
             reference = self._reference(scene, rng, stats)
-            pair = None if reference is None else second(scene, rng, stats, *reference)
+            pair = None if reference is None else second(scene, rng, stats, reference)
             if pair is not None:
                 stats.pairs += 1
                 return pair
@@ -193,14 +202,14 @@ class PairSampler:
 
     def _reference(
         self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats
-    ) -> tuple[np.ndarray, np.ndarray, Rendering] | None:
+    ) -> Reference | None:
         stats.reference_attempts += 1
         nav_point, pose = sample_reference_pose(scene, rng, self.options.rules)
         view = self.renderer.render(scene, self.K, pose)
         if valid_fraction(view.depth) < self.options.rules.min_valid_fraction:
             stats.reference_rejected_valid += 1
             return None
-        return nav_point, pose, view
+        return Reference(nav_point, pose, view)
 
     def _in_range(self, overlap: float, margin: float = 0.0) -> bool:
         return self.options.overlap_min - margin <= overlap <= self.options.overlap_max + margin
@@ -263,15 +272,10 @@ class PairSampler:
         return subsample_view(view1.depth, self.K, step_x, step_y)
 
     def _covisible_second(
-        self,
-        scene: NavigableScene,
-        rng: np.random.Generator,
-        stats: GenerationStats,
-        nav1: np.ndarray,
-        pose1: np.ndarray,
-        view1: Rendering,
+        self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats, ref: Reference
     ) -> ViewPair | None:
         """The paper's rule: random walk from the reference point, look at the reference's mean 3-D point."""
+        nav1, pose1, view1 = ref
         target = mean_valid_point(view1.depth, self.K, pose1)
         if target is None:  # only possible with min_valid_fraction = 0: nothing to look at
             stats.references_exhausted += 1
@@ -309,15 +313,10 @@ class PairSampler:
         return None
 
     def _flow_second(
-        self,
-        scene: NavigableScene,
-        rng: np.random.Generator,
-        stats: GenerationStats,
-        nav1: np.ndarray,
-        pose1: np.ndarray,
-        view1: Rendering,
+        self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats, ref: Reference
     ) -> ViewPair | None:
         """Small camera motion (a step of flow_translation_std on the floor, a few degrees of rotation)."""
+        nav1, pose1, view1 = ref
         pan, tilt, roll = self.options.flow_rotation_deg
         motion_rules = replace(self.options.rules, pan_deg=pan, tilt_deg=tilt, roll_deg=roll)
         height = float(pose1[1, 3] - nav1[1])
@@ -335,15 +334,10 @@ class PairSampler:
         return self._first_accepted(scene, pose1, view1, propose, stats)
 
     def _stereo_second(
-        self,
-        scene: NavigableScene,
-        rng: np.random.Generator,
-        stats: GenerationStats,
-        nav1: np.ndarray,
-        pose1: np.ndarray,
-        view1: Rendering,
+        self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats, ref: Reference
     ) -> ViewPair | None:
         """Rectified pair: the right camera shares the orientation, shifted by the baseline along camera x."""
+        nav1, pose1, view1 = ref
         stats.second_attempts += 1
         baseline = float(rng.uniform(*self.options.stereo_baseline))
         shift = baseline * pose1[:3, 0]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from croco.models import CheckpointError, CroCoNet, export_official_checkpoint
-from croco.models.checkpoints import load_strict, load_weights_only
+from croco.models.checkpoints import load_strict, load_weights_only, uncompiled_state
 
 __all__ = ["export_lightning_checkpoint", "load_task_network", "main"]
 
@@ -27,11 +27,7 @@ def load_task_network(ckpt_path: str | os.PathLike) -> CroCoNet:
     if not isinstance(hparams, dict) or "model" not in hparams:
         raise CheckpointError(f"{ckpt_path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
     net = CroCoNet(**hparams["model"], mask_ratio=float(hparams.get("mask_ratio", 0.9)))
-    prefix = "net."
-    state = {
-        k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)
-    }  # fmt: skip
-    mismatch = load_strict(net, state)
+    mismatch = load_strict(net, uncompiled_state(ckpt["state_dict"], prefix="net."))
     if mismatch:
         raise CheckpointError(f"{ckpt_path}: weights do not match the stored model arguments: {mismatch}")
     return net
