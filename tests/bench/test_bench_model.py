@@ -1,11 +1,24 @@
-"""The model benchmark's analytic FLOP count and its markdown recording (not a timing test)."""
+"""The model benchmark's analytic FLOP count, its matmul-peak bookkeeping and its markdown recording.
+
+Nothing here times anything: the peak meter gets made-up rates, the share gets made-up step speeds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from croco.bench.model import bench_steps, forward_flops_per_pair, main
+from croco.bench.model import (
+    PRINTED,
+    MatmulPeak,
+    MatmulPeakMeter,
+    PeakRun,
+    bench_steps,
+    format_table,
+    forward_flops_per_pair,
+    main,
+    report_rows,
+    share_of_peak,
+)
 from croco.bench.record import append_row
 from croco.models import CroCoNet
 from croco.utils.config import model_preset
@@ -34,15 +47,102 @@ def test_append_row_creates_and_extends_sections(tmp_path):
     assert "| 1 |\n| 5 |" in text and text.index("| 5 |") < text.index("## Model")
 
 
-def test_bench_step_runs_a_real_update():
+def test_bench_step_runs_a_real_update_and_interleaves_the_peak_rounds():
     model = CroCoNet(**model_preset("tiny"))
     before = model.prediction_head.weight.detach().clone()
-    seconds = bench_steps(model, 2, 64, 64, "fp32", torch.device("cpu"), steps=1, warmup=0,
-                          variants=(("sdpa", True), ("manual", False)))  # fmt: skip
+    calls = []
+    variants = (("sdpa", True), ("manual", False))
+    seconds = bench_steps(model, 2, 64, 64, "fp32", torch.device("cpu"), steps=2, warmup=1, variants=variants,
+                          between=lambda: calls.append(1))  # fmt: skip
     assert set(seconds) == {"sdpa", "manual"} and min(seconds.values()) > 0
     assert not torch.equal(before, model.prediction_head.weight)
+    assert len(calls) == 2  # one peak round after each timed iteration, none after the warm-up
+
+
+def fake_meter(rates: list[float], sizes=(1024, 2048)) -> MatmulPeakMeter:
+    """A meter whose runs return ``rates`` in order instead of timing products."""
+    it = iter(rates)
+    return MatmulPeakMeter(torch.device("cpu"), "fp32", sizes=sizes, rate=lambda size: next(it))
+
+
+def test_peak_is_the_best_run_over_all_sizes_and_rounds():
+    meter = fake_meter([80.0, 95.0, 120.0, 90.0, 60.0, 101.0])
+    for _ in range(3):
+        meter.round()
+    peak = meter.peak
+    assert len(peak.runs) == 6 and peak.gflops == 120.0 and peak.best == PeakRun(1024, 120.0)
+    assert peak.by_size() == {1024: 120.0, 2048: 101.0}  # each size's best, not its last or its mean
+    assert "best of 6 runs" in peak.describe() and "1024: 120, 2048: 101" in peak.describe()
+    with pytest.raises(ValueError, match="no matmul run"):
+        _ = MatmulPeak("fp32", 2).gflops
+
+
+def test_peak_rounds_interleaved_with_steps_keep_accumulating():
+    meter = fake_meter([50.0, 50.0, 70.0, 40.0], sizes=(1024,))
+    assert meter.round().gflops == 50.0
+    bench_rounds = [meter.round() for _ in range(3)]  # what bench_steps' `between` does
+    assert bench_rounds[-1].gflops == 70.0 and len(meter.peak.runs) == 4
+
+
+def test_sizes_too_slow_for_the_best_rate_so_far_are_skipped():
+    # 1 GFLOP/s (emulated kernels): a 1024 product takes 2.1 s, a 2048 one 17 s, over the 5 s limit
+    meter = MatmulPeakMeter(torch.device("cpu"), "bf16", sizes=(2048, 1024), rate=lambda size: 1.0)
+    meter.round()
+    meter.round()
+    assert [run.size for run in meter.peak.runs] == [1024, 1024] and meter.peak.skipped == (2048,)
+    assert "skipped 2048 (too slow)" in meter.peak.describe()
+
+
+def peak_of(*rates: float) -> MatmulPeak:
+    return MatmulPeak("fp32", 2, [PeakRun(2048, r) for r in rates])
+
+
+def test_share_is_never_above_100_percent():
+    peak = peak_of(90.0, 102.0, 95.0)
+    slower = share_of_peak(51.0, peak)
+    assert slower.share == pytest.approx(0.5) and not slower.raised
+    assert slower.peak_cell() == "102 GFLOP/s (best of 3)" and slower.share_cell() == "50%"
+    faster = share_of_peak(107.1, peak)  # the old benchmarks.md case: a step above a single-run peak
+    assert faster.share == 1.0 and faster.raised
+    assert faster.peak_gflops == 107.1 and faster.measured_gflops == 102.0
+    assert faster.peak_cell() == "107 GFLOP/s (raised to the step's rate; measured best of 3: 102)"
+    assert faster.share_cell() == "100% (peak under-measured)"
+    for achieved in (1.0, 101.9, 102.0, 102.1, 1e6):
+        assert 0.0 < share_of_peak(achieved, peak).share <= 1.0
+
+
+def test_report_rows_of_a_step_faster_than_the_peak():
+    flops = 3 * forward_flops_per_pair(model_preset("croco_v1"), 224, 224, 0.9)
+    rows = report_rows({"sdpa": 11.946, "manual": 30.0}, 8, flops, peak_of(60.0, 102.0))
+    fast, slow = rows
+    assert fast["GFLOP/s"] == "107.1" and fast["% of peak"].startswith("100%") and fast["_raised"]
+    assert "raised" in fast["matmul peak"] and "measured best of 2: 102" in fast["matmul peak"]
+    assert slow["% of peak"] == "42%" and not slow["_raised"]
+    assert slow["matmul peak"] == "102 GFLOP/s (best of 2)"
+    for row in rows:
+        assert float(row["% of peak"].split("%")[0]) <= 100
+    table = format_table(rows, PRINTED)
+    header, *lines = table.splitlines()
+    assert header.split()[:4] == ["attention", "s/step", "pairs/s", "GFLOP/s"] and len(lines) == 2
+    assert "(raised to the step's rate; measured best of 2: 102)" in lines[0]
 
 
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(SystemExit, match="--preset: model=vit_h: unknown model option; allowed: croco_v1"):
         main(["--preset", "vit_h", "--no-record"])
+
+
+def test_main_records_a_row_with_its_peak(tmp_path, capsys):
+    # a smoke run (tiny model, 128x128 peak products): the numbers are not checked, only what is reported
+    out = tmp_path / "bench.md"
+    argv = "--preset tiny --batch 2 --img 64 --steps 1 --warmup 0 --peak-sizes 128 --remeasure 0"
+    rows = main([*argv.split(), "--compare-manual", "--out", str(out)])
+    assert [row["attention"] for row in rows] == ["sdpa", "manual"]
+    printed = capsys.readouterr().out
+    assert "matmul peak:" in printed and "best of 2 runs (fp32" in printed and "% of peak" in printed
+    text = out.read_text()
+    assert "| matmul peak | % of peak | load |" in text and text.count("GFLOP/s (best of 2") + text.count(
+        "measured best of 2"
+    ) == 2
+    for row in rows:
+        assert float(row["% of peak"].split("%")[0]) <= 100

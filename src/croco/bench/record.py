@@ -7,7 +7,7 @@ from pathlib import Path
 
 from croco.utils.files import atomic_output
 
-__all__ = ["BENCHMARKS_MD", "append_row", "cpu_name"]
+__all__ = ["BENCHMARKS_MD", "append_row", "cpu_flags", "cpu_name"]
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"  # where every benchmark records
 
@@ -47,3 +47,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags(flags: tuple[str, ...] = ("avx512_bf16", "amx_bf16")) -> str:
+    """What the model name may hide (virtual machines often report only "AMD EPYC"): the x86 family and model
+    numbers and whether the flags that decide the bf16 matmul speed are there, e.g.
+    ``family 25 model 17, avx512_bf16, no amx_bf16``; "" where /proc/cpuinfo is missing."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    present = set(fields.get("flags", "").split())
+    parts = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    parts += [flag if flag in present else f"no {flag}" for flag in flags]
+    return ", ".join(parts)
