@@ -1,7 +1,8 @@
 """The package's layers: every import points down, and the library parts work from a plain install.
 
 Layers, bottom up: ``utils`` <- ``geometry``, ``models`` <- ``data`` <- ``synth`` <- ``tasks`` <- entry points;
-``bench`` measures any of them. A module may import its own layer and the layers below it, nothing above.
+``eval`` (accuracy metrics) sits on ``models`` and ``data`` and serves ``tasks``; ``bench`` measures any of
+them. A module may import its own layer and the layers below it, nothing above.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"models", "utils"},
     "data": {"data", "geometry", "utils"},
     "synth": {"synth", "data", "geometry", "utils"},
-    "tasks": {"tasks", "models", "data", "geometry", "utils"},
-    "bench": {"bench", "tasks", "synth", "models", "data", "geometry", "utils"},
+    "eval": {"eval", "models", "data", "geometry", "utils"},
+    "tasks": {"tasks", "eval", "models", "data", "geometry", "utils"},
+    "bench": {"bench", "tasks", "eval", "synth", "models", "data", "geometry", "utils"},
 }
 
 

@@ -108,3 +108,56 @@ def test_ranks_draw_different_masks_without_a_mask_seed(tiny_shards, tmp_path):
     masks = [torch.load(tmp_path / f"mask_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert all(m is not None and m.shape == (4, 64) and (m.sum(1) == 48).all() for m in masks)
     assert not torch.equal(masks[0], masks[1])
+
+
+def test_validation_logs_the_crossview_health_metric(tiny_shards, tmp_path, single_thread):
+    """Every validation epoch logs val/crossview/*: "true" is val/loss (the sanity check, run with other
+    weights, leaves no trace), other and blank use the same masks, and gaps come per overlap bin."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    task = PretrainTask(model=TINY, mask_ratio=0.75, optim={"lr": 1e-3, "warmup_epochs": 0, "epochs": 2})
+    datamodule = PairDataModule(sources=[str(tiny_shards)], img_size=64, transforms="crop64", batch_size=4,
+                                num_workers=0, pairs_per_epoch=8, val_fraction=0.3)  # fmt: skip
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv", version=""),
+                         limit_val_batches=2, num_sanity_val_steps=1, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(task, datamodule=datamodule)
+    metrics = {k: v.item() for k, v in trainer.logged_metrics.items()}
+    prefix = "val/crossview/"
+    for key in ("loss_true", "loss_other", "loss_blank", "gap_other", "gap_blank", "gap_other_0.7-1.0"):
+        assert prefix + key in metrics, sorted(metrics)
+    assert prefix + "gap_other_0.0-0.3" not in metrics  # the tiny shards overlap by more than 0.6: empty bin
+    assert metrics[prefix + "loss_true"] == pytest.approx(metrics["val/loss"], rel=1e-6)
+    gap = (metrics[prefix + "loss_other"] - metrics[prefix + "loss_true"]) / metrics[prefix + "loss_other"]
+    assert metrics[prefix + "gap_other"] == pytest.approx(gap, rel=1e-5, abs=1e-7)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {prefix + "gap_other", prefix + "loss_blank", prefix + "gap_other_0.7-1.0"} <= set(header)
+
+
+def test_panel_adds_a_reconstruction_from_another_scene_and_says_how_it_is_made():
+    task = PretrainTask(model=TINY, mask_ratio=0.75)
+    samples = {"img1": torch.randn(3, 3, 64, 64), "img2": torch.randn(3, 3, 64, 64)}
+    panel = task.render_panel(samples)
+    assert panel.width == 5 * 128 + 6 * 2  # 64 px cells upscaled x2, five columns
+    assert panel.height > 14 + 3 * (128 + 2) + 2  # a title above the column names
+    assert "mean and variance" in task.panel_caption and "another scene's view 2" in task.panel_caption
+    single = task.render_panel({k: v[:1] for k, v in samples.items()})  # no other sample: a grey view 2
+    assert single.width == panel.width
+
+
+@pytest.mark.slow
+def test_crossview_sums_are_reduced_over_ranks(tiny_shards):
+    """Two ranks (ddp_spawn on CPU) each see half of the validation pairs: the logged loss_true is the mean
+    over all of them, i.e. Lightning's synced val/loss (equal halves), not rank 0's own mean."""
+    pl.seed_everything(0)
+    task = PretrainTask(model=TINY, mask_ratio=0.75, optim={"lr": 1e-3, "warmup_epochs": 0, "epochs": 2})
+    datamodule = PairDataModule(sources=[str(tiny_shards)], img_size=64, transforms="crop64", batch_size=4,
+                                num_workers=0, pairs_per_epoch=8, val_fraction=0.3)  # fmt: skip
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.validate(task, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["val/crossview/loss_true"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+    assert "val/crossview/gap_other" in metrics and "val/crossview/gap_blank" in metrics

@@ -10,6 +10,8 @@ import torch
 from croco.models import CroCoNet
 from croco.models.criterion import normalize_patches
 from croco.tasks.reconstruction import (
+    NORM_PIX_NOTE,
+    OTHER_RECONSTRUCTION,
     PANEL_COLUMNS,
     fixed_mask,
     masked_psnr,
@@ -71,3 +73,23 @@ def test_reconstruction_views_and_panel():
     panel = render_panel(views)
     # 32 px images upscaled x3 to >= 96, 4 columns, 2 rows + title row
     assert panel.size == (4 * 96 + 5 * 2, 14 + 2 * (96 + 2) + 2)
+
+
+def test_reconstruction_from_another_view_2_and_a_titled_panel():
+    torch.manual_seed(0)
+    net = CroCoNet(**TINY, mask_ratio=0.75).eval()
+    img1, img2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    mask = fixed_mask(2, 16, 0.75, seed=0)
+    same = reconstruction_views(net, img1, img2, mask, other_img2=img2)
+    assert set(same) == {*PANEL_COLUMNS, OTHER_RECONSTRUCTION}
+    assert torch.equal(same[OTHER_RECONSTRUCTION], same["reconstruction"])
+    other = reconstruction_views(net, img1, img2, mask, other_img2=img2.flip(0))
+    rec, alt = net.patchify(other["reconstruction"]), net.patchify(other[OTHER_RECONSTRUCTION])
+    assert torch.equal(rec[~mask], alt[~mask]) and not torch.allclose(rec[mask], alt[mask])  # visible: pasted
+    columns = ("reference", "masked", "reconstruction", OTHER_RECONSTRUCTION, "target")
+    plain = render_panel(other, columns)
+    titled = render_panel(other, columns, labels={OTHER_RECONSTRUCTION: "rec., another scene's view 2"},
+                          title=NORM_PIX_NOTE)  # fmt: skip
+    assert titled.width == plain.width == 5 * 96 + 6 * 2
+    # the title wraps over several lines, the long column name over two
+    assert titled.height >= plain.height + 2 * 14 + 14

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from timm.layers import Mlp
+from torch import nn
 
 from croco.models.pos_embed import RoPE2D
 from croco.utils.sizes import as_hw

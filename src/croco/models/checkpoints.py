@@ -31,6 +31,7 @@ __all__ = [
     "croco_kwarg_names",
     "export_official_checkpoint",
     "load_official_checkpoint",
+    "network_from_lightning",
     "parse_model_string",
     "read_official_checkpoint",
     "uncompiled_state",
@@ -155,6 +156,22 @@ def uncompiled_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """The entries of ``state`` under ``prefix`` (prefix removed), with the ``_orig_mod.`` that
     ``torch.compile``'d modules add to their keys taken out: the names of the plain network."""
     return {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def network_from_lightning(ckpt: Any, path: str | os.PathLike) -> CroCoNet:
+    """The CroCoNet of a loaded croco Lightning checkpoint: built from its ``model`` / ``mask_ratio``
+    hyper-parameters, weights from ``state_dict`` under ``net.``; every failure is a one-line ``CheckpointError``."""
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("model"), dict):
+        raise CheckpointError(f"{path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
+    try:
+        net = CroCoNet(**hparams["model"], mask_ratio=float(hparams.get("mask_ratio", 0.9)))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the network from its hyper-parameters ({e})") from None
+    mismatch = load_strict(net, uncompiled_state(ckpt["state_dict"], prefix="net."))
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match the stored model arguments: {mismatch}")
+    return net
 
 
 def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path:

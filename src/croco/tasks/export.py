@@ -14,23 +14,15 @@ import os
 import sys
 from pathlib import Path
 
-from croco.models import CheckpointError, CroCoNet, export_official_checkpoint
-from croco.models.checkpoints import load_strict, load_weights_only, uncompiled_state
+from croco.models import CroCoNet, export_official_checkpoint
+from croco.models.checkpoints import load_weights_only, network_from_lightning
 
 __all__ = ["export_lightning_checkpoint", "load_task_network", "main"]
 
 
 def load_task_network(ckpt_path: str | os.PathLike) -> CroCoNet:
     """The CroCoNet stored in a ``PretrainTask`` checkpoint (hyper-parameters ``model`` + ``mask_ratio``)."""
-    ckpt = load_weights_only(ckpt_path)
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams:
-        raise CheckpointError(f"{ckpt_path}: no 'hyper_parameters.model' (not a croco PretrainTask checkpoint)")
-    net = CroCoNet(**hparams["model"], mask_ratio=float(hparams.get("mask_ratio", 0.9)))
-    mismatch = load_strict(net, uncompiled_state(ckpt["state_dict"], prefix="net."))
-    if mismatch:
-        raise CheckpointError(f"{ckpt_path}: weights do not match the stored model arguments: {mismatch}")
-    return net
+    return network_from_lightning(load_weights_only(ckpt_path), ckpt_path)
 
 
 def export_lightning_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:

@@ -4,6 +4,10 @@ The module knows nothing about files or configs: it receives plain values (the C
 preset, the mask ratio, the optimiser recipe) and stores exactly those as hyper-parameters, so every Lightning
 checkpoint can rebuild its network without pickled modules (``PretrainTask.load_from_checkpoint(path)``).
 The recipe, schedule, logging and checkpoint contents shared with every task live in ``croco.tasks.base``.
+
+Validation also measures whether the network uses view 2 at all (``croco.eval.crossview``): the masked loss of
+every validation pair with its true view 2, with another scene's view 2 and with a grey image, under the same
+fixed mask, logged per epoch as ``val/crossview/*``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from croco.eval.crossview import (
+    CrossViewAccumulator,
+    ViewPool,
+    blank_view,
+    evaluate_batch,
+    other_scene_views,
+    per_sample_masked_loss,
+)
 from croco.models import CroCoNet, MaskedMSE
 from croco.models.checkpoints import load_strict, read_official_checkpoint
 from croco.models.masking import check_mask_ratio
 from croco.models.pos_embed import interpolate_pos_embed
 from croco.tasks.base import BaseTask
 from croco.tasks.reconstruction import (
+    NORM_PIX_NOTE,
+    OTHER_RECONSTRUCTION,
     fixed_mask,
     masked_psnr,
     patches_to_rgb,
@@ -33,6 +47,8 @@ from croco.tasks.reconstruction import (
 __all__ = ["PretrainTask"]
 
 log = logging.getLogger(__name__)
+
+CROSSVIEW_CONDITIONS = ("true", "other", "blank")  # "self" is left to the CLI: one forward pass less
 
 
 class PretrainTask(BaseTask):
@@ -85,6 +101,9 @@ class PretrainTask(BaseTask):
         self.criterion = MaskedMSE(norm_pix_loss=norm_pix_loss, masked=True)
         self._initialised_from_official = False
         self._mask_generator: torch.Generator | None = None  # mask_seed null: this process's own generator
+        self._crossview: CrossViewAccumulator | None = None  # this validation epoch's cross-view sums
+        self._crossview_pool: ViewPool | None = None  # the previous validation batch's view 2s
+        self._warned_no_scene = False
 
     # ------------------------------------------------------------------------------------------ setup
     def _load_official_weights(self, path: Path) -> None:
@@ -145,33 +164,87 @@ class PretrainTask(BaseTask):
         self.log_training_loss(loss, batch_size=img1.shape[0])
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        """Fresh cross-view sums for every validation run: a sanity check never leaks into the numbers."""
+        self._crossview = CrossViewAccumulator(CROSSVIEW_CONDITIONS, device=self.device)
+        self._crossview_pool = None
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        """Loss and masked-patch PSNR with a fixed mask per batch index, so the numbers are comparable over time."""
+        """Loss and masked-patch PSNR with a fixed mask per batch index, so the numbers are comparable over
+        time; the same pass is the "true" condition of the cross-view health metric, whose "other" and "blank"
+        conditions cost two more forward passes under the same mask."""
         img1, img2 = batch["img1"], batch["img2"]
         grid = self.net.patch_embed.grid(*img1.shape[-2:])
         mask = fixed_mask(img1.shape[0], grid[0] * grid[1], self.hparams.mask_ratio, seed=batch_idx,
                           device=img1.device)  # fmt: skip
         pred, mask, target = self.net(img1, img2, mask)
-        loss = self.criterion(pred, mask, target)
+        per_sample = per_sample_masked_loss(pred, mask, target, self.hparams.norm_pix_loss)
+        loss = per_sample.mean()  # = self.criterion(pred, mask, target): every row masks as many patches
         pixels = unnormalize_prediction(pred.float(), target.float()) if self.hparams.norm_pix_loss else pred
         psnr = masked_psnr(patches_to_rgb(pixels), patches_to_rgb(target), mask).mean()
         batch_size = img1.shape[0]
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("val/psnr_masked", psnr, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self._update_crossview(batch, mask, per_sample)
         return loss
 
+    def _update_crossview(
+        self, batch: Mapping[str, Any], mask: torch.Tensor, true_loss: torch.Tensor
+    ) -> None:
+        if self._crossview is None:  # validation_step called outside a validation loop
+            self.on_validation_epoch_start()
+        assert self._crossview is not None
+        if "scene" not in batch and not self._warned_no_scene:
+            log.warning("validation batches carry no 'scene' ids: the cross-view 'other' view 2 is another "
+                        "sample's, possibly of the same scene")  # fmt: skip
+            self._warned_no_scene = True
+        result = evaluate_batch(self.net, batch, mask, conditions=CROSSVIEW_CONDITIONS,
+                                norm_pix_loss=self.hparams.norm_pix_loss, pool=self._crossview_pool,
+                                known={"true": true_loss})  # fmt: skip
+        overlap = batch.get("overlap")
+        if overlap is None:  # no overlap column: every pair in the top bin (the overall numbers stay right)
+            overlap = torch.ones(true_loss.shape[0], device=true_loss.device)
+        self._crossview.update(result.losses, overlap, result.valid)
+        self._crossview_pool = ViewPool.of(batch["img2"], batch["scene"]) if "scene" in batch else None
+
+    def on_validation_epoch_end(self) -> None:
+        """Sum the cross-view state over ranks and log means and gaps (``val/crossview/*``)."""
+        accumulator, self._crossview, self._crossview_pool = self._crossview, None, None
+        if accumulator is None or self.trainer.sanity_checking:
+            return
+        accumulator.reduce_(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        # Every rank now holds the same sums, so all log the same keys (sync_dist collectives must match);
+        # sync_dist only averages equal numbers and keeps Lightning from warning about unsynced epoch metrics.
+        for key, value in accumulator.summary().metrics(prefix="val/crossview/").items():
+            self.log(key, value, on_epoch=True, sync_dist=True)
+
     # ------------------------------------------------------------------------------------------ panels
-    panel_caption = "reference | masked | reconstruction | target"
+    @property
+    def panel_caption(self) -> str:
+        """What the panel shows (the W&B caption), with the de-normalisation note of a norm-pix model."""
+        columns = "reference | masked | reconstruction | reconstruction from another scene's view 2 | target"
+        return f"{columns}. {NORM_PIX_NOTE}" if self.hparams.norm_pix_loss else columns
 
     def render_panel(self, samples: Mapping[str, torch.Tensor], seed: int = 0) -> Any:
-        """Reference view | masked view | reconstruction | target, with a fixed mask (``seed``)."""
+        """Reference view | masked view | reconstruction | reconstruction from another sample's view 2 |
+        target, with a fixed mask (``seed``). The ``Panels`` samples come from different validation scenes, so
+        another sample's view 2 shows another scene (without scene ids every sample counts as its own scene);
+        a single sample gets a grey view 2 instead."""
         img1, img2 = samples["img1"], samples["img2"]
         grid = self.net.patch_embed.grid(*img1.shape[-2:])
         mask = fixed_mask(img1.shape[0], grid[0] * grid[1], self.hparams.mask_ratio, seed, img1.device)
+        other, valid = other_scene_views(img2, samples.get("scene"))
+        label = "reconstruction from another scene's view 2"
+        if not bool(valid.all()):
+            other = torch.where(valid.view(-1, 1, 1, 1), other, blank_view(img2))
+            label = "reconstruction from a grey view 2" if not valid.any() else f"{label} (or a grey one)"
         was_training = self.net.training
         self.net.eval()
         try:
-            views = reconstruction_views(self.net, img1, img2, mask, norm_pix_loss=self.hparams.norm_pix_loss)
+            views = reconstruction_views(self.net, img1, img2, mask, norm_pix_loss=self.hparams.norm_pix_loss,
+                                         other_img2=other)  # fmt: skip
         finally:
             self.net.train(was_training)
-        return render_panel(views)
+        columns = ("reference", "masked", "reconstruction", OTHER_RECONSTRUCTION, "target")
+        title = NORM_PIX_NOTE if self.hparams.norm_pix_loss else "Reconstructions are raw pixel predictions."
+        return render_panel(views, columns, labels={OTHER_RECONSTRUCTION: label}, title=title)
