@@ -1,5 +1,5 @@
-"""Pair generation: the sampler through the Renderer interface (fake + CPU), shards, determinism, resume,
-tasks.
+"""Pair generation: the sampler through the Renderer interface (fake + CPU), the structure filter, per-view
+appearance, shards, determinism, resume, tasks.
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ from croco.geometry.covisibility import covisibility, optical_flow
 from croco.synth import pipeline as generate_module
 from croco.synth.pipeline import generate_pairs
 from croco.synth.render import Renderer, Rendering, SceneUnusable
-from croco.synth.sampler import GenerationStats, PairOptions, PairSampler, valid_fraction
-from croco.synth.scene import SURFACE_CLASSES
+from croco.synth.sampler import (
+    GenerationStats,
+    PairOptions,
+    PairSampler,
+    photometric,
+    structure_fraction,
+    valid_fraction,
+)
+from croco.synth.scene import SURFACE_CLASSES, simple_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"resolution": 48, "pairs_per_shard": 3, "pairs_per_scene": 4, "progress": False}
@@ -75,6 +82,7 @@ def test_sampler_applies_the_valid_depth_and_overlap_rules_through_the_renderer_
         assert recomputed == pytest.approx((pair.covis12, pair.covis21))
     # half of the random headings look away from the only wall: those references must have been rejected
     assert stats.reference_rejected_valid > 0
+    assert stats.reference_rejected_structure == stats.rejected_structure == 0  # no semantics: no check
     assert (
         stats.reference_attempts == stats.pairs + stats.reference_rejected_valid + stats.references_exhausted
     )
@@ -87,6 +95,79 @@ def test_sampler_applies_the_valid_depth_and_overlap_rules_through_the_renderer_
     )
     assert stats.second_attempts == stats.pairs + rejected and stats.pairs == 12
     assert renderer.calls == stats.reference_attempts + stats.second_attempts - stats.rejected_degenerate
+
+
+def _one_block_room():
+    """A bare 6 x 3 x 6 m room with one 2 m block against a wall: most random views see only bare room."""
+    return simple_scene((6.0, 3.0, 6.0), [((3.0, 0.75, 0.5), (1.0, 0.75, 0.4), 0.0)], scene_id="block")
+
+
+def test_structure_filter_rejects_bare_views_and_counts_them():
+    from croco.synth.render import CpuRenderer
+
+    scene = _one_block_room()
+    renderer, screen = CpuRenderer(64), CpuRenderer(16, semantics=False)
+    options = PairOptions(min_structure=0.2)
+    sampler = PairSampler(renderer, options, screen_renderer=screen)
+    stats = GenerationStats()
+    rng = np.random.default_rng(0)
+    pairs = [sampler.sample(scene, rng, stats) for _ in range(4)]
+    for pair in pairs:
+        assert (
+            structure_fraction(pair.view1.semantics) >= 0.2
+            and structure_fraction(pair.view2.semantics) >= 0.2
+        )
+    assert stats.reference_rejected_structure > 0 and stats.rejected_structure > 0
+    summary = stats.summary()
+    assert f"{stats.reference_rejected_structure} for structure < min_structure" in summary
+    assert f"{stats.rejected_structure} structure" in summary
+    assert (
+        stats.reference_attempts
+        == stats.pairs
+        + stats.reference_rejected_valid
+        + stats.reference_rejected_structure
+        + stats.references_exhausted
+    )
+    # without the check, the same draws give bare views
+    unfiltered = PairSampler(renderer, PairOptions(min_structure=0.0), screen_renderer=screen)
+    rng = np.random.default_rng(0)
+    views = [unfiltered.sample(scene, rng, GenerationStats()).view1 for _ in range(6)]
+    assert min(structure_fraction(view.semantics) for view in views) < 0.2
+    with pytest.raises(ValueError, match="min_structure"):
+        PairOptions(min_structure=1.5)
+
+
+def test_appearance_options_change_the_colours_only_and_are_deterministic():
+    from croco.synth.render import CpuRenderer
+
+    scene = _one_block_room()
+    renderer = CpuRenderer(48)
+    plain = PairSampler(renderer, PairOptions(min_structure=0.1))
+    styled_options = PairOptions(min_structure=0.1, exposure_std=0.5, white_balance_std=0.05, noise_std=3.0)
+    styled = PairSampler(renderer, styled_options)
+    a = plain.sample(scene, np.random.default_rng(7), GenerationStats())
+    b = styled.sample(scene, np.random.default_rng(7), GenerationStats())
+    again = styled.sample(scene, np.random.default_rng(7), GenerationStats())
+    np.testing.assert_array_equal(a.pose2, b.pose2)  # the same pair ...
+    np.testing.assert_array_equal(a.view2.depth, b.view2.depth)
+    assert np.abs(a.view1.rgb.astype(int) - b.view1.rgb.astype(int)).mean() > 2.0  # ... in other colours
+    np.testing.assert_array_equal(b.view1.rgb, again.view1.rgb)  # deterministic per pair seed
+    np.testing.assert_array_equal(b.view2.rgb, again.view2.rgb)
+    # exposure through the tone curve: brighter, saturated stays white, black stays black; noise as asked
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    brighter = photometric(ramp, np.random.default_rng(0), 0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(brighter, ramp)  # identity without changes
+    rng = np.random.default_rng(1)
+    while (gain_view := photometric(ramp, rng, 0.5, 0.0, 0.0)).astype(int).sum() <= ramp.astype(int).sum():
+        pass  # draw until the exposure goes up
+    assert (
+        np.all(gain_view.astype(int) >= ramp.astype(int))
+        and gain_view[0, 255, 0] == 255
+        and gain_view[0, 0, 0] == 0
+    )
+    grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    noisy = photometric(grey, np.random.default_rng(2), 0.0, 0.0, 4.0).astype(float)
+    assert noisy.std() == pytest.approx(4.0, rel=0.1)
 
 
 def test_sampler_gives_up_with_a_clear_error():
@@ -107,8 +188,12 @@ class NoNavmesh(Yard):
 
 def test_unusable_scenes_are_skipped_counted_and_the_choice_is_deterministic(monkeypatch, capsys):
     scenes = {0: NoNavmesh(), 1: Yard()}
-    monkeypatch.setattr(generate_module, "_worker_scene", lambda config, index: scenes.get(index, NoNavmesh()))
-    config = generate_module.GeneratorConfig(pairs_per_scene=4, options=PairOptions(overlap_min=0.3, overlap_max=0.9))
+    monkeypatch.setattr(
+        generate_module, "_worker_scene", lambda config, index: scenes.get(index, NoNavmesh())
+    )
+    config = generate_module.GeneratorConfig(
+        pairs_per_scene=4, options=PairOptions(overlap_min=0.3, overlap_max=0.9)
+    )
     sampler = PairSampler(WallRenderer(), config.options)
     stats = GenerationStats()
     pair, scene_id = generate_module._sample_slot(config, sampler, 2, stats)  # slot 2: scene 0 is broken -> 1
@@ -158,6 +243,8 @@ def test_shards_hold_the_requested_pairs_with_consistent_overlap(reference_run):
         stats = reader.attrs["generation_stats"]
         assert stats["pairs"] == len(reader) and stats["second_attempts"] >= len(reader)
         assert reader.attrs["source"] == "synthetic" and reader.attrs["fov_deg"] == 60.0
+        assert reader.attrs["generator_version"] == generate_module.GENERATOR_VERSION
+        assert reader.attrs["pair_options"]["min_structure"] == 0.25  # the structure filter is on by default
         assert np.all((reader.overlap >= 0.1) & (reader.overlap <= 0.9))
         for i in range(len(reader)):
             data = reader.read(i, fields=("depth1", "depth2", "K1", "pose1", "pose2", "covis12", "covis21"))
@@ -207,7 +294,9 @@ def test_resume_keeps_finished_shards_and_refuses_other_settings(reference_run, 
         generate_pairs(tmp_path, 8, seed=3, overlap_min=0.1, overlap_max=0.9, **SMALL)
     # settings that change which pairs come out or how they are encoded are compared too
     with pytest.raises(ValueError, match=r"existing shard has pair_options=.*max_second_attempts"):
-        generate_pairs(tmp_path, 8, seed=1, overlap_min=0.1, overlap_max=0.9, **{**SMALL, "max_second_attempts": 7})
+        generate_pairs(
+            tmp_path, 8, seed=1, overlap_min=0.1, overlap_max=0.9, **{**SMALL, "max_second_attempts": 7}
+        )
     with pytest.raises(ValueError, match=r"existing shard has jpeg_quality=95, this run wants 80"):
         generate_pairs(tmp_path, 8, seed=1, overlap_min=0.1, overlap_max=0.9, **{**SMALL, "jpeg_quality": 80})
 

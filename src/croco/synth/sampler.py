@@ -11,14 +11,28 @@ Tasks:
 - ``flow``: small camera motions with ``flow`` (view-1 pixel position in view 2 minus its position) and
   ``flow_valid`` (in frame and not occluded), plus depths and semantics.
 
-Every task starts the same way (a reference view that passes the valid-depth check, ``PairSampler._reference``)
-and differs in how the second camera is chosen.
+Every task starts the same way (a reference view that passes the valid-depth and structure checks,
+``PairSampler._reference``) and differs in how the second camera is chosen.
+
+Structure: a view whose pixels are almost all bare room (floor, wall, ceiling: ``BARE_CLASSES``) gives
+cross-view completion nothing to match, so reference and second views need at least ``min_structure`` (default
+0.25) of their pixels on furniture, pictures, doors, windows, plants, rugs or clutter. The classes come from
+the renderer's semantics (one gather of the face ids it finds anyway); renderers without semantics
+(habitat-sim here) skip the check. Rejections are counted (``reference_rejected_structure``,
+``rejected_structure``).
+
+Appearance: ``exposure_std``, ``white_balance_std`` and ``noise_std`` (default 0: off) give each view of a
+pair its own exposure (log2 stops), per-channel gains and sensor noise, as two real photographs differ;
+``specular`` turns on the renderer's view-dependent highlight. The random numbers come from a child of the
+pair's generator (``Generator.spawn``), so switching them on changes the colours only, never which pair is
+sampled.
 
 Speed: a candidate second view is first screened with a depth-only render at ``screen_resolution`` (64² by
 default, ~1/16 of the pixels) against the reference's subsampled depth, and only rendered in full when its
-screened overlap is within ``screen_margin`` of the accepted range. Screening can only drop a candidate
-(rarely one whose exact overlap was just inside the range); the accept/reject decision and the stored
-co-visibility always come from the full-resolution depth maps.
+screened overlap (and structure) is within ``screen_margin`` of the accepted range; reference views are
+screened for structure the same way. Screening can only drop a candidate (rarely one whose exact overlap was
+just inside the range); the accept/reject decision and the stored co-visibility always come from the
+full-resolution depth maps.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from croco.geometry.covisibility import (
     visible_in_other,
 )
 from croco.synth.render import Renderer, Rendering, SceneUnusable
+from croco.synth.scene import BARE_CLASS_IDS
 from croco.synth.viewpoints import (
     NavigableScene,
     SamplingRules,
@@ -62,10 +77,12 @@ class GenerationStats:
     pairs: int = 0
     reference_attempts: int = 0
     reference_rejected_valid: int = 0
+    reference_rejected_structure: int = 0
     second_attempts: int = 0
     rejected_degenerate: int = 0
     rejected_not_navigable: int = 0
     rejected_valid: int = 0
+    rejected_structure: int = 0
     screened_out: int = 0
     rejected_low_overlap: int = 0
     rejected_high_overlap: int = 0
@@ -84,9 +101,11 @@ class GenerationStats:
         return (
             f"{self.pairs} pairs from {self.reference_attempts} reference views "
             f"({self.reference_rejected_valid} rejected for valid depth < threshold, "
+            f"{self.reference_rejected_structure} for structure < min_structure, "
             f"{self.references_exhausted} abandoned) and {self.second_attempts} second-view attempts "
             f"({self.pairs / attempts:.0%} accepted; rejected: {self.screened_out} by low-res screening, "
             f"{self.rejected_low_overlap} overlap too low, {self.rejected_high_overlap} too high, "
+            f"{self.rejected_structure} structure, "
             f"{self.rejected_valid} valid depth, {self.rejected_not_navigable} not navigable, "
             f"{self.scenes_skipped} unusable scenes skipped, "
             f"{self.rejected_degenerate} degenerate look-at)"
@@ -112,6 +131,16 @@ class PairOptions:
     stereo_baseline: tuple[float, float] = (0.05, 0.3)
     flow_translation_std: float = 0.25
     flow_rotation_deg: tuple[float, float, float] = (8.0, 4.0, 2.0)
+    min_structure: float = 0.25
+    """Smallest share of a view's pixels on non-bare classes (0: no check; needs renderer semantics)."""
+    exposure_std: float = 0.0
+    """Per-view exposure change, std in stops (log2); 0: off."""
+    white_balance_std: float = 0.0
+    """Per-view, per-channel relative gain std; 0: off."""
+    noise_std: float = 0.0
+    """Per-view Gaussian sensor noise, std in grey levels; 0: off."""
+    specular: float = 0.0
+    """Strength of the CPU renderer's view-dependent highlight (times each material's gloss); 0: off."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -125,6 +154,16 @@ class PairOptions:
             raise ValueError("max_second_attempts and max_references must be >= 1")
         if not 0.0 < self.stereo_baseline[0] <= self.stereo_baseline[1]:
             raise ValueError(f"stereo_baseline must be 0 < low <= high, got {self.stereo_baseline}")
+        if not 0.0 <= self.min_structure <= 1.0:
+            raise ValueError(f"min_structure must be in [0, 1], got {self.min_structure}")
+        for name in ("exposure_std", "white_balance_std", "noise_std", "specular"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def photometric(self) -> bool:
+        """Whether views get their own exposure, white balance or noise."""
+        return self.exposure_std > 0 or self.white_balance_std > 0 or self.noise_std > 0
 
 
 @dataclass
@@ -148,6 +187,31 @@ class ViewPair:
 def valid_fraction(depth: np.ndarray) -> float:
     """Fraction of pixels with valid depth (the released generator's check: depth != 0)."""
     return float(np.count_nonzero(depth)) / depth.size
+
+
+_BARE = np.zeros(256, dtype=bool)
+_BARE[BARE_CLASS_IDS] = True
+
+
+def structure_fraction(semantics: np.ndarray) -> float:
+    """Fraction of pixels whose class is not bare room (``croco.synth.scene.BARE_CLASSES``)."""
+    return 1.0 - float(np.count_nonzero(np.take(_BARE, semantics))) / semantics.size
+
+
+def photometric(
+    rgb: np.ndarray, rng: np.random.Generator, exposure_std: float, white_balance_std: float, noise_std: float
+) -> np.ndarray:
+    """A view as another exposure and white balance of the same camera would record it, plus sensor noise.
+
+    The CPU renderer's tone curve is v = 255 (1 - exp(-k x)); a gain g on the radiance x maps 1 - v / 255 to
+    (1 - v / 255)^g, so the change is exact on its images up to 8-bit rounding (saturated pixels stay white).
+    """
+    gain = 2.0 ** rng.normal(0.0, exposure_std) * np.maximum(1.0 + rng.normal(0.0, white_balance_std, 3), 0.5)
+    remaining = np.clip(1.0 - rgb.astype(np.float32) / np.float32(255.0), 0.0, 1.0)
+    out = np.float32(255.0) * (np.float32(1.0) - remaining ** gain.astype(np.float32))
+    if noise_std > 0:
+        out += rng.normal(0.0, noise_std, size=out.shape).astype(np.float32)
+    return np.clip(out + np.float32(0.5), 0, 255).astype(np.uint8)
 
 
 class Reference(NamedTuple):
@@ -182,6 +246,8 @@ class PairSampler:
         )
 
     def sample(self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats) -> ViewPair:
+        # a child generator: appearance draws never shift the geometry draws of the pair generator
+        appearance = rng.spawn(1)[0] if self.options.photometric else None
         second = {
             "pretrain": self._covisible_second,
             "depth": self._covisible_second,
@@ -193,21 +259,48 @@ class PairSampler:
             pair = None if reference is None else second(scene, rng, stats, reference)
             if pair is not None:
                 stats.pairs += 1
-                return pair
+                return pair if appearance is None else self._restyle(pair, appearance)
         raise SceneUnusable(
             f"scene {scene.scene_id}: no {self.options.task} pair with overlap in "
             f"[{self.options.overlap_min}, {self.options.overlap_max}] after {self.options.max_references} "
             f"reference views x {self.options.max_second_attempts} attempts ({stats.summary()})"
         )
 
+    def _restyle(self, pair: ViewPair, rng: np.random.Generator) -> ViewPair:
+        """The pair with each view's own exposure, white balance and noise (``photometric``)."""
+        options = self.options
+        views = [
+            view._replace(
+                rgb=photometric(
+                    view.rgb, rng, options.exposure_std, options.white_balance_std, options.noise_std
+                )
+            )
+            for view in (pair.view1, pair.view2)
+        ]
+        return replace(pair, view1=views[0], view2=views[1])
+
+    def _has_structure(self, semantics: np.ndarray | None, margin: float = 0.0) -> bool:
+        """Whether a view has ``min_structure`` of non-bare pixels (always without semantics or minimum)."""
+        if self.options.min_structure <= 0 or semantics is None:
+            return True
+        return structure_fraction(semantics) >= self.options.min_structure - margin
+
     def _reference(
         self, scene: NavigableScene, rng: np.random.Generator, stats: GenerationStats
     ) -> Reference | None:
         stats.reference_attempts += 1
         nav_point, pose = sample_reference_pose(scene, rng, self.options.rules)
+        if self.screen_renderer is not None and self.options.min_structure > 0:
+            _, classes = self.screen_renderer.render_geometry(scene, self.screen_K, pose)
+            if not self._has_structure(classes, self.options.screen_margin):
+                stats.reference_rejected_structure += 1
+                return None
         view = self.renderer.render(scene, self.K, pose)
         if valid_fraction(view.depth) < self.options.rules.min_valid_fraction:
             stats.reference_rejected_valid += 1
+            return None
+        if not self._has_structure(view.semantics):
+            stats.reference_rejected_structure += 1
             return None
         return Reference(nav_point, pose, view)
 
@@ -241,7 +334,10 @@ class PairSampler:
     ) -> tuple[Rendering, float, float] | None:
         """Screen (optionally), render and score a candidate second view."""
         if screen1 is not None and self.screen_renderer is not None:
-            screen2 = self.screen_renderer.render_depth(scene, self.screen_K, pose2)
+            if self.options.min_structure > 0:
+                screen2, classes2 = self.screen_renderer.render_geometry(scene, self.screen_K, pose2)
+            else:
+                screen2, classes2 = self.screen_renderer.render_depth(scene, self.screen_K, pose2), None
             depth1, K1 = screen1
             rough = min(
                 covisibility(depth1, screen2, K1, self.screen_K, pose1, pose2, rtol=self.options.rtol)
@@ -249,9 +345,15 @@ class PairSampler:
             if not self._in_range(rough, self.options.screen_margin):
                 stats.screened_out += 1
                 return None
+            if not self._has_structure(classes2, self.options.screen_margin):
+                stats.rejected_structure += 1
+                return None
         view2 = self.renderer.render(scene, self.K, pose2)
         if valid_fraction(view2.depth) < self.options.rules.min_valid_fraction:
             stats.rejected_valid += 1
+            return None
+        if not self._has_structure(view2.semantics):
+            stats.rejected_structure += 1
             return None
         scores = self._score(view1, pose1, view2, pose2, stats)
         if scores is None:
@@ -297,8 +399,8 @@ class PairSampler:
         propose: Callable[[], np.ndarray | None],
         stats: GenerationStats,
     ) -> ViewPair | None:
-        """Up to ``max_second_attempts`` proposals of a second pose (``propose`` returns None for a rejected one,
-        and counts why); the first whose view passes the checks makes the pair."""
+        """Up to ``max_second_attempts`` proposals of a second pose (``propose`` returns None for a rejected
+        one, and counts why); the first whose view passes the checks makes the pair."""
         screen1 = self._screen_reference(view1)
         for _ in range(self.options.max_second_attempts):
             stats.second_attempts += 1

@@ -1,10 +1,12 @@
 """The scene container of the procedural world: a room, its boxes, materials, lights and walkable area.
 
 World frame (see ``croco.geometry.cameras``): y up, metres; a room spans [0, Lx] x [0, Ly] x [0, Lz], floor at
-y = 0, ceiling at y = Ly. Everything else is a box (centre, half extents, yaw about y); ``croco.synth.room``
-and ``croco.synth.furniture`` decide where boxes go. Each box carries a material (a texture of
-``croco.synth.textures`` with a texel density and offset) and a surface class, so renders come with per-pixel
-semantics.
+y = 0, ceiling at y = Ly. Everything else is a primitive given by its bounding box (centre, half extents, yaw
+about y) and a shape: the box itself, the vertical elliptic cylinder inscribed in it, or the inscribed
+ellipsoid (``SHAPES``); all three have closed-form ray intersections, so depth stays exact.
+``croco.synth.room`` and ``croco.synth.furniture`` decide where primitives go. Each carries a material (a
+texture of ``croco.synth.textures`` with a texel density and offset, a macro layer that hides the texture's
+repeats, a gloss) and a surface class, so renders come with per-pixel semantics.
 
 The walkable area (floor minus object footprints grown by a margin, and a margin to the walls) plays the role
 of Habitat's navmesh: ``sample_navigable_point`` / ``snap_point`` / ``is_navigable`` implement
@@ -35,9 +37,23 @@ SURFACE_CLASSES: tuple[str, ...] = (
     "picture",
     "rug",
     "clutter",
+    "door",
+    "window",
+    "curtain",
+    "plant",
+    "fixture",
 )
-"""Per-pixel surface classes of the semantics maps (uint8 index into this tuple; 0 = nothing hit)."""
+"""Per-pixel surface classes of the semantics maps (uint8 index into this tuple; 0 = nothing hit). New classes
+are appended, so the ids of the older ones never change."""
 CLASS_ID: dict[str, int] = {name: index for index, name in enumerate(SURFACE_CLASSES)}
+BARE_CLASSES: tuple[str, ...] = ("void", "floor", "wall", "ceiling")
+"""Classes of the bare room (what a view must not be almost only made of: ``PairOptions.min_structure``)."""
+BARE_CLASS_IDS = np.array([CLASS_ID[name] for name in BARE_CLASSES], dtype=np.uint8)
+
+SHAPES: tuple[str, ...] = ("box", "cylinder", "ellipsoid")
+"""Primitive shapes, each inscribed in its (yawed) bounding box: the box, the vertical elliptic cylinder with
+the box's height and its x/z half extents as radii, the ellipsoid with the half extents as semi-axes."""
+SHAPE_ID: dict[str, int] = {name: index for index, name in enumerate(SHAPES)}
 
 WALL_MARGIN = 0.35
 """Cameras stay this far from walls (m)."""
@@ -53,16 +69,29 @@ MAX_SCENE_TEXTURES = 16
 
 @dataclass
 class Material:
-    """A texture of the scene atlas and how it is laid on a surface (texels/metre along u and v, offset)."""
+    """A texture of the scene atlas and how it is laid on a surface (texels/metre along u and v, offset).
+
+    The macro layer multiplies the albedo by ``1 + strength * (2 m - 1) * tint`` where ``m`` is the grey atlas
+    texture ``macro_texture`` read at ``macro_ratio`` times the texel coordinates plus ``macro_offset``: an
+    incommensurate ratio makes every repeat of the main texture look different. ``gloss`` scales the optional
+    specular highlight (``CpuRenderer(specular=...)``).
+    """
 
     texture: int
     texels_per_metre: tuple[float, float]
     offset: tuple[float, float] = (0.0, 0.0)
+    macro_texture: int = -1
+    macro_ratio: float = 0.35
+    macro_offset: tuple[float, float] = (0.0, 0.0)
+    macro_strength: float = 0.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gloss: float = 0.0
 
 
 @dataclass
 class Box:
-    """An oriented box: centre (3,), half extents (3,), yaw (rad) about the y axis, material and class ids."""
+    """An oriented primitive: centre (3,), half extents (3,) of its bounding box, yaw (rad) about the y axis,
+    material and class ids, and its shape (``SHAPE_ID``: box, cylinder or ellipsoid inscribed in the box)."""
 
     centre: tuple[float, float, float]
     half: tuple[float, float, float]
@@ -72,6 +101,7 @@ class Box:
     obstacle: bool = True
     shadow: float = 0.5
     """Strength of the contact shadow this box casts on the floor (0 for none); only obstacles cast one."""
+    shape: int = 0
 
 
 def yaw_matrix(yaw: float) -> np.ndarray:
@@ -99,6 +129,10 @@ class Scene:
     material_textures: np.ndarray
     material_density: np.ndarray
     material_offset: np.ndarray
+    shapes: np.ndarray
+    material_macro: np.ndarray
+    """(M, 7) float32 per material: macro texture (-1: none), ratio, offset u, v, strength, gloss, 0."""
+    material_tint: np.ndarray
     textures: list[np.ndarray]
     light_positions: np.ndarray
     light_colours: np.ndarray
@@ -134,12 +168,18 @@ class Scene:
         if not materials or not textures:
             raise ValueError(f"scene {scene_id}: needs at least one material and one texture")
         for material in materials:
-            if not 0 <= material.texture < len(textures):
+            if not 0 <= material.texture < len(textures) or not -1 <= material.macro_texture < len(textures):
                 raise ValueError(f"scene {scene_id}: material texture {material.texture} out of range")
         count = len(boxes)
         for box in boxes:
-            if not 0 <= box.material < len(materials) or min(box.half) <= 0:
-                raise ValueError(f"scene {scene_id}: bad box {box} (material index / positive half extents)")
+            if (
+                not 0 <= box.material < len(materials)
+                or min(box.half) <= 0
+                or not 0 <= box.shape < len(SHAPES)
+            ):
+                raise ValueError(
+                    f"scene {scene_id}: bad box {box} (material index / positive half extents / shape)"
+                )
         if any(not 0 <= m < len(materials) for m in room_materials):
             raise ValueError(f"scene {scene_id}: room material out of range: {room_materials}")
         if lights is None:
@@ -160,6 +200,15 @@ class Scene:
             material_textures=np.asarray([m.texture for m in materials], dtype=np.int64),
             material_density=np.asarray([m.texels_per_metre for m in materials], dtype=np.float32),
             material_offset=np.asarray([m.offset for m in materials], dtype=np.float32),
+            shapes=np.asarray([b.shape for b in boxes], dtype=np.int64).reshape(count),
+            material_macro=np.asarray(
+                [
+                    (m.macro_texture, m.macro_ratio, *m.macro_offset, m.macro_strength, m.gloss, 0.0)
+                    for m in materials
+                ],
+                dtype=np.float32,
+            ),
+            material_tint=np.asarray([m.tint for m in materials], dtype=np.float32),
             textures=textures,
             light_positions=np.asarray([p for p, _ in lights], dtype=np.float64).reshape(-1, 3),
             light_colours=np.asarray([c for _, c in lights], dtype=np.float64).reshape(-1, 3),
@@ -187,10 +236,15 @@ class Scene:
     # -- footprints and the walkable area -----------------------------------------------------------------
 
     def _footprint_distance(self, points_xz: np.ndarray, which: np.ndarray) -> np.ndarray:
-        """(N, B') distance in the floor plane from points to the selected boxes' footprints (0 inside)."""
+        """(N, B') distance in the floor plane from points to the selected boxes' footprints (0 inside).
+
+        Round footprints (cylinders, ellipsoids) use (ρ - 1) min(a, b) with ρ the elliptic radius: exact for
+        circles and never more than the true distance for ellipses, so keep-out margins stay conservative.
+        """
         centres = self.centres[which][:, [0, 2]]
         halves = self.halves[which][:, [0, 2]]
         yaws = self.yaws[which]
+        round_ = self.shapes[which] != SHAPE_ID["box"]
         offset = points_xz[:, None, :] - centres[None, :, :]
         c, s = np.cos(yaws)[None, :], np.sin(yaws)[None, :]
         # world -> local for a yaw about y: x_l = c*x - s*z, z_l = s*x + c*z
@@ -198,7 +252,12 @@ class Scene:
         local_z = s * offset[..., 0] + c * offset[..., 1]
         outside_x = np.maximum(np.abs(local_x) - halves[None, :, 0], 0.0)
         outside_z = np.maximum(np.abs(local_z) - halves[None, :, 1], 0.0)
-        return np.hypot(outside_x, outside_z)
+        distance = np.hypot(outside_x, outside_z)
+        if np.any(round_):
+            rho = np.hypot(local_x / halves[None, :, 0], local_z / halves[None, :, 1])
+            elliptic = np.maximum(rho - 1.0, 0.0) * np.min(halves, axis=1)[None, :]
+            distance = np.where(round_[None, :], elliptic, distance)
+        return distance
 
     def navigable_mask(self, points_xz: np.ndarray) -> np.ndarray:
         """(N,) bool: points (x, z) at least WALL_MARGIN from walls and OBSTACLE_MARGIN from obstacles."""
@@ -293,13 +352,14 @@ class Scene:
 
 def simple_scene(
     size: tuple[float, float, float],
-    boxes: list[tuple[tuple[float, float, float], tuple[float, float, float], float]] = (),  # type: ignore[assignment]
+    boxes: list[tuple] = (),  # type: ignore[assignment]
     *,
     scene_id: str = "simple",
     seed: int = 0,
     texture_size: int = 64,
 ) -> Scene:
-    """A room with explicitly placed boxes ((centre, half extents, yaw) each), all sharing one noise texture.
+    """A room with explicitly placed primitives ((centre, half extents, yaw[, shape name]) each), all sharing
+    one noise texture.
 
     For checks against known geometry (a camera facing a wall, an occluder in between) and for examples; the
     generator uses ``build_synthetic_scene``.
@@ -308,5 +368,15 @@ def simple_scene(
     grey = (spectral_noise(rng, texture_size, alpha=1.0) * 200 + 30).astype(np.uint8)
     texture = np.repeat(grey[..., None], 3, axis=2)
     density = texture_size / 1.0  # one texture tile per metre
-    box_list = [Box(tuple(c), tuple(h), float(y), 0, CLASS_ID["clutter"]) for c, h, y in boxes]
+    box_list = [
+        Box(
+            tuple(b[0]),
+            tuple(b[1]),
+            float(b[2]),
+            0,
+            CLASS_ID["clutter"],
+            shape=SHAPE_ID[b[3] if len(b) > 3 else "box"],
+        )
+        for b in boxes
+    ]
     return Scene.create(scene_id, size, box_list, [Material(0, (density, density))], [texture])

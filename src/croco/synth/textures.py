@@ -1,28 +1,31 @@
 """Procedural textures with the statistics of natural images, for the embedded room generator.
 
 Cross-view completion needs texture: with flat colours a masked patch can be filled in from its neighbours
-without looking at the other view. These textures are built, never downloaded, from the classic models of
-natural-image statistics:
+without looking at the other view, and with strictly repeating patterns the other view offers several equally
+good matches. These textures are built, never downloaded, from the classic models of natural-image statistics:
 
 - spectral noise: random phases with an amplitude spectrum 1/f^α (natural images have α ≈ 1; larger α gives
-  the smooth blotches of plaster or clouds, anisotropic spectra give wood grain and brushed surfaces);
-- multi-octave value noise (fractal Brownian motion) for turbulence and stains;
-- dead-leaves images (occluding discs with power-law radii), the standard model of scale-invariant natural
-  scenes with sharp occlusion edges, used for "paintings" hung on the walls;
-- structured man-made patterns (wood rings, marble veins, bricks, floor tiles, woven fabric, carpet,
-  wallpaper).
+  the smooth blotches of plaster or clouds, anisotropic spectra give wood grain and brushed metal);
+- multi-octave value noise (fractal Brownian motion) for turbulence, stains and marble veins (level sets);
+- dead-leaves images (occluding discs or leaves with power-law sizes), the standard model of scale-invariant
+  natural scenes with sharp occlusion edges, and random compositions of rectangles, strokes and blobs, used
+  for paintings, rugs, terrazzo and foliage;
+- man-made layouts with per-element variation: wood planks and bricks of random lengths, each cut from another
+  place of the grain; tiles that each carry their own shade and piece of stone; wallpaper motifs at random
+  positions or stripes of random widths.
 
-Every pattern is a *periodic* scalar field in [0, 1] (so a surface can tile it without seams), coloured per
-scene by a random palette (gradient map) and modulated by an independent detail field, which gives far more
-variety than the bank size. Banks are deterministic for a seed and cached per process. Textures are stored
-with box-filtered mip-maps in one flat ``TextureAtlas`` that the renderer indexes with integer arithmetic.
+Every pattern is a scalar field in [0, 1], periodic over its tile so that a surface can repeat it without
+seams, coloured per scene by a random palette (gradient map) and modulated by an independent detail field.
+The repeat itself is hidden by a second, "macro" layer (``macro_field``): a grey field of blotches and soft
+stains that the renderer lays over each surface at another, incommensurate scale, so that no two repeats of a
+tile look alike. Banks are deterministic for a seed and cached per process. Textures are stored with
+box-filtered mip-maps in one flat ``TextureAtlas`` that the renderer indexes with integer arithmetic.
 """
 
 from __future__ import annotations
 
 import colorsys
 import math
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,6 +42,9 @@ TEXTURE_KINDS = (
     "carpet",
     "wallpaper",
     "painting",
+    "terrazzo",
+    "metal",
+    "foliage",
 )
 """Pattern families; scenes pick kinds that suit each surface (floors: wood/tiles/carpet/marble/stone, ...).
 """
@@ -93,13 +99,68 @@ def value_noise(
     return _normalise(total)
 
 
+def blur(field: np.ndarray, sigma: float) -> np.ndarray:
+    """Periodic Gaussian blur (``sigma`` in texels) through the FFT: soft edges, and the tile stays
+    seamless."""
+    size = field.shape[0]
+    fu = np.fft.rfftfreq(size)[None, :]
+    fv = np.fft.fftfreq(size)[:, None]
+    transfer = np.exp(-2.0 * (math.pi * sigma) ** 2 * (fu * fu + fv * fv))
+    return np.fft.irfft2(np.fft.rfft2(field) * transfer, s=field.shape)
+
+
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     coords = np.arange(size, dtype=np.float64) / size
     return coords[None, :].repeat(size, 0), coords[:, None].repeat(size, 1)
 
 
-def wood_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Growth rings across v, warped by smooth noise, with fine grain streaks along u."""
+def _wrapped(offset: np.ndarray) -> np.ndarray:
+    """Signed periodic difference in [-0.5, 0.5) (tile units)."""
+    return np.mod(offset + 0.5, 1.0) - 0.5
+
+
+def running_layout(
+    rng: np.random.Generator, size: int, rows: int, per_row: int, jitter: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of elements with random lengths (planks, bricks): per texel (element id, distance to the nearest
+    joint along u, distance to the nearest joint along v), distances in tile units.
+
+    Each row is cut at ``per_row`` points spread evenly with a random phase and ``jitter`` (0: equal lengths,
+    1: fully random), cyclically, so the layout tiles seamlessly and no two rows line up.
+    """
+    u = np.arange(size, dtype=np.float64) / size
+    ids = np.zeros((size, size), dtype=np.int64)
+    joint_u = np.zeros((size, size))
+    row_of = np.minimum((np.arange(size) * rows) // size, rows - 1)
+    for row in range(rows):
+        cuts = np.sort(
+            np.mod(
+                (np.arange(per_row) + 0.5 + jitter * rng.uniform(-0.5, 0.5, per_row)) / per_row
+                + rng.random(),
+                1,
+            )
+        )
+        segment = np.searchsorted(cuts, u, side="right") % per_row  # before the first cut: the last (wrapped)
+        distance = np.min(np.abs(_wrapped(u[:, None] - cuts[None, :])), axis=1)
+        lines = row_of == row
+        ids[lines] = row * per_row + segment
+        joint_u[lines] = distance
+    v = (np.arange(size, dtype=np.float64) + 0.5) / size * rows
+    joint_v = np.minimum(np.mod(v, 1.0), 1.0 - np.mod(v, 1.0)) / rows
+    return ids, joint_u, np.repeat(joint_v[:, None], size, axis=1)
+
+
+def _shifted(field: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``field`` read with a random shift per element id: every plank, brick or tile its own piece of it."""
+    size = field.shape[0]
+    count = int(ids.max()) + 1
+    shift_u, shift_v = rng.integers(0, size, count), rng.integers(0, size, count)
+    rows, cols = np.indices(field.shape)
+    return field[(rows + shift_v[ids]) % size, (cols + shift_u[ids]) % size]
+
+
+def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Continuous wood: growth rings across v warped by smooth noise, fine grain streaks along u."""
     _, v = _grid(size)
     rings = int(rng.integers(3, 11))
     warp = spectral_noise(rng, size, alpha=2.2, stretch=(6.0, 1.0)) - 0.5
@@ -109,47 +170,65 @@ def wood_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
     return _normalise(ring + 0.35 * grain + 0.2 * value_noise(rng, size, base_cells=2), contrast=0.7)
 
 
+def wood_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Planks of random lengths, each cut from another place of the grain with its own shade, dark joints
+    (a third of the entries: one continuous board, for furniture)."""
+    grain = _grain(rng, size)
+    if rng.random() < 0.35:
+        return grain
+    rows, per_row = int(rng.integers(3, 9)), int(rng.integers(1, 4))
+    ids, joint_u, joint_v = running_layout(rng, size, rows, per_row, jitter=rng.uniform(0.5, 1.0))
+    shade = rng.normal(0.0, 0.12, int(ids.max()) + 1)[ids]
+    field = np.clip(_shifted(grain, ids, rng) + shade, 0.02, 1.0)
+    joint = (joint_u < 0.6 / size) | (joint_v < 0.6 / size)
+    return np.where(joint, 0.0, field).astype(np.float32)
+
+
 def marble_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Veins: |sin| of a slanted phase disturbed by turbulence; light base, dark veins."""
-    u, v = _grid(size)
-    k1, k2 = int(rng.integers(1, 4)), int(rng.integers(0, 3))
-    turbulence = value_noise(rng, size, octaves=6, base_cells=2) - 0.5
-    phase = k1 * u + k2 * v + rng.uniform(1.5, 4.0) * turbulence
+    """Veins along level sets of turbulence (irregular, branching), light base and dark veins."""
+    turbulence = value_noise(rng, size, octaves=6, base_cells=2)
+    warp = spectral_noise(rng, size, alpha=2.0)
+    phase = rng.uniform(2.5, 7.0) * turbulence + rng.uniform(0.5, 2.0) * warp
     veins = np.abs(np.sin(np.pi * phase)) ** rng.uniform(0.15, 0.4)
     cloud = spectral_noise(rng, size, alpha=1.6)
     return np.clip(0.8 * veins + 0.2 * cloud, 0.0, 1.0).astype(np.float32)
 
 
 def brick_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Running-bond bricks (per-brick shade in [0, 0.75]) with light mortar joints (≈ 0.95)."""
-    u, v = _grid(size)
-    rows = 2 * int(rng.integers(3, 7))
-    columns = int(rng.integers(2, 5))
-    mortar = rng.uniform(0.04, 0.09)
-    row = np.floor(v * rows).astype(np.int64)
-    shifted = u * columns + 0.5 * (row % 2)
-    column = np.floor(shifted).astype(np.int64) % columns
-    shades = rng.uniform(0.05, 0.7, size=(rows, columns))
-    field = shades[row, column] + 0.15 * (spectral_noise(rng, size, alpha=1.1) - 0.5)
-    in_mortar = (np.mod(v * rows, 1.0) < mortar) | (np.mod(shifted, 1.0) < mortar * rows / columns / 2)
-    field = np.where(in_mortar, 0.95 + 0.05 * value_noise(rng, size, base_cells=8), np.clip(field, 0.0, 0.75))
-    return field.astype(np.float32)
+    """Bricks of slightly uneven lengths (per-brick shade in [0, 0.75] and own piece of a speckle field) with
+    light mortar joints (≈ 0.95)."""
+    rows, per_row = 2 * int(rng.integers(3, 7)), int(rng.integers(2, 5))
+    ids, joint_u, joint_v = running_layout(rng, size, rows, per_row, jitter=rng.uniform(0.15, 0.45))
+    mortar = rng.uniform(0.08, 0.2) / rows
+    shades = rng.uniform(0.05, 0.7, int(ids.max()) + 1)
+    speckle = _shifted(spectral_noise(rng, size, alpha=1.1), ids, rng)
+    field = np.clip(shades[ids] + 0.2 * (speckle - 0.5), 0.0, 0.75)
+    in_mortar = (joint_v < mortar / 2) | (joint_u < mortar / 2)
+    return np.where(in_mortar, 0.95 + 0.05 * value_noise(rng, size, base_cells=8), field).astype(np.float32)
 
 
 def tiles_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Square tiles (per-tile shade plus a marbled surface, up to 0.8) separated by grout (≈ 0.95)."""
+    """Square tiles separated by grout (≈ 0.95); each tile has its own shade (up to 0.8), its own piece of a
+    marbled surface and sometimes a motif, so that tiles can be told apart."""
     u, v = _grid(size)
     count = int(rng.choice([2, 4, 8]))
     grout = rng.uniform(0.02, 0.05)
     row, column = np.floor(v * count).astype(np.int64), np.floor(u * count).astype(np.int64)
-    checker = rng.random() < 0.4
-    shades = rng.uniform(0.2, 0.6, size=(count, count))
-    if checker:
-        shades = np.where((np.arange(count)[:, None] + np.arange(count)[None, :]) % 2 == 0, 0.15, 0.65)
-    surface = 0.2 * (marble_pattern(rng, size) - 0.5)
-    field = np.clip(shades[row, column] + surface, 0.0, 0.8)
+    ids = row * count + column
+    shades = rng.uniform(0.1, 0.7, count * count)
+    if rng.random() < 0.4:  # checkerboard, but no two tiles alike
+        shades = np.where(
+            (np.arange(count)[:, None] + np.arange(count)[None, :]).reshape(-1) % 2 == 0, 0.15, 0.6
+        )
+        shades = shades + rng.normal(0.0, 0.05, count * count)
+    surface = 0.25 * (_shifted(marble_pattern(rng, size), ids, rng) - 0.5)
+    field = shades[ids] + surface
+    decorated = rng.random(count * count) < rng.uniform(0.0, 0.4)
+    du, dv = np.mod(u * count, 1.0) - 0.5, np.mod(v * count, 1.0) - 0.5
+    diamond = (np.abs(du) + np.abs(dv)) < rng.uniform(0.2, 0.4)
+    field = np.where(decorated[ids] & diamond, 0.75 - shades[ids] * 0.5, field)
     joint = (np.mod(v * count, 1.0) < grout * count) | (np.mod(u * count, 1.0) < grout * count)
-    return np.where(joint, 0.95, field).astype(np.float32)
+    return np.where(joint, 0.95, np.clip(field, 0.0, 0.8)).astype(np.float32)
 
 
 def plaster_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -160,60 +239,197 @@ def plaster_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def stone_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Concrete/stone: natural 1/f spectrum (α ≈ 1.2–1.6) plus fBm stains."""
+    """Concrete/stone: natural 1/f spectrum (α ≈ 1.2–1.6) plus fBm stains and, sometimes, dark cracks."""
     base = spectral_noise(rng, size, alpha=rng.uniform(1.2, 1.6))
-    return _normalise(base + 0.6 * value_noise(rng, size, octaves=6, base_cells=2), contrast=0.8)
+    field = _normalise(base + 0.6 * value_noise(rng, size, octaves=6, base_cells=2), contrast=0.8)
+    if rng.random() < 0.5:
+        level = value_noise(rng, size, octaves=5, base_cells=2)
+        field = np.where(np.abs(level - 0.5) < rng.uniform(0.004, 0.012), 0.1 * field, field)
+    return field.astype(np.float32)
 
 
 def fabric_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Woven threads (product of sines) over soft folds."""
+    """Woven threads of uneven thickness over soft folds; sometimes a plaid of random stripe widths."""
     u, v = _grid(size)
-    threads = int(rng.choice([32, 48, 64]))
-    weave = np.sin(2 * np.pi * threads * u) * np.sin(2 * np.pi * threads * v)
+    threads = int(rng.choice([24, 32, 48]))
+    slub = 0.6 + 0.8 * spectral_noise(rng, size, alpha=1.2, stretch=(1.0, 8.0))
+    weave = np.sin(2 * np.pi * threads * u) * np.sin(2 * np.pi * threads * v) * slub
     folds = spectral_noise(rng, size, alpha=2.0)
-    return _normalise(0.5 * weave + 1.2 * (folds - 0.5) + 0.3 * spectral_noise(rng, size, alpha=0.8))
+    field = 0.5 * weave + 1.2 * (folds - 0.5) + 0.3 * spectral_noise(rng, size, alpha=0.8)
+    if rng.random() < 0.35:
+        field = field + 1.5 * (_stripes(rng, size, u) + _stripes(rng, size, v))
+    return _normalise(field)
+
+
+def _stripes(rng: np.random.Generator, size: int, coordinate: np.ndarray) -> np.ndarray:
+    """Stripes of random widths and shades across ``coordinate`` (tile units), periodic over the tile."""
+    widths = rng.uniform(0.2, 1.0, int(rng.integers(4, 14)))
+    edges = np.concatenate([[0.0], np.cumsum(widths) / widths.sum()])
+    shades = rng.uniform(-0.5, 0.5, len(widths))
+    index = np.clip(np.searchsorted(edges, coordinate, side="right") - 1, 0, len(widths) - 1)
+    return shades[index]
 
 
 def carpet_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Fine pile (near-white spectrum) over larger worn patches."""
+    """Fine pile (near-white spectrum) over larger worn patches, sometimes over a woven-in composition."""
     pile = spectral_noise(rng, size, alpha=rng.uniform(0.5, 0.9))
     patches = value_noise(rng, size, octaves=4, base_cells=2)
-    return _normalise(pile + 0.8 * patches)
+    field = pile + 0.8 * patches
+    if rng.random() < 0.4:
+        field = field + 2.0 * (composition(rng, size, shapes=int(rng.integers(4, 12))) - 0.5)
+    return _normalise(field)
+
+
+def scatter_motifs(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
+    """Motifs (discs, ellipses, diamonds, crosses) of random sizes, shades and angles at random positions over
+    an aged background: the irregular alternative to a motif lattice."""
+    u, v = _grid(size)
+    field = 0.6 * (spectral_noise(rng, size, alpha=2.0) - 0.5)
+    base = rng.uniform(0.02, 0.08)
+    for _ in range(count):
+        du, dv = _wrapped(u - rng.random()), _wrapped(v - rng.random())
+        angle = rng.uniform(0, np.pi)
+        c, s = math.cos(angle), math.sin(angle)
+        a, b = (c * du + s * dv), (-s * du + c * dv)
+        radius = base * rng.uniform(0.5, 1.8)
+        shape = int(rng.integers(4))
+        if shape == 0:
+            inside = a * a + b * b < radius * radius
+        elif shape == 1:
+            inside = (a / radius) ** 2 + (b / (0.45 * radius)) ** 2 < 1.0
+        elif shape == 2:
+            inside = np.abs(a) + np.abs(b) < radius
+        else:
+            inside = ((np.abs(a) < radius) & (np.abs(b) < 0.3 * radius)) | (
+                (np.abs(b) < radius) & (np.abs(a) < 0.3 * radius)
+            )
+        field = np.where(inside, rng.uniform(-1.0, 1.0), field)
+    return field
 
 
 def wallpaper_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Stripes or a lattice of motifs, aged by smooth noise."""
-    u, v = _grid(size)
-    count = int(rng.integers(3, 12))
-    if rng.random() < 0.5:
-        motif = np.sin(2 * np.pi * count * u) ** 2 + 0.3 * np.sin(2 * np.pi * 4 * count * u)
+    """Scattered motifs, stripes of random widths, or two-tone organic blobs (thresholded smooth noise), each
+    aged by smooth noise: none of them repeats within the tile."""
+    u, _ = _grid(size)
+    choice = rng.random()
+    if choice < 0.45:
+        motif = scatter_motifs(rng, size, int(rng.integers(25, 90)))
+    elif choice < 0.75:
+        motif = _stripes(rng, size, u) + 0.15 * (spectral_noise(rng, size, alpha=1.0) - 0.5)
     else:
-        du = np.mod(u * count, 1.0) - 0.5
-        dv = np.mod(v * count + 0.5 * (np.floor(u * count) % 2), 1.0) - 0.5
-        radius = rng.uniform(0.15, 0.35)
-        motif = (np.sqrt(du * du + dv * dv) < radius).astype(np.float64)
+        smooth = spectral_noise(rng, size, alpha=rng.uniform(2.0, 3.0))
+        motif = np.tanh((smooth - 0.5) * rng.uniform(8.0, 30.0))
     age = spectral_noise(rng, size, alpha=2.0)
     return _normalise(motif + 0.8 * (age - 0.5))
 
 
-def dead_leaves(rng: np.random.Generator, size: int, discs: int = 600) -> np.ndarray:
-    """Periodic dead-leaves image: discs with radii ~ r^-3 on [2, size/4] px and random grey levels."""
+def dead_leaves(
+    rng: np.random.Generator,
+    size: int,
+    discs: int = 600,
+    r_min: float = 2.0,
+    r_max: float | None = None,
+    elongation: float = 1.0,
+) -> np.ndarray:
+    """Periodic dead-leaves image: discs (or leaves: ellipses ``elongation`` times longer than wide, at random
+    angles) with radii ~ r^-3 on [r_min, r_max] px (default size/4) and random grey levels."""
     field = spectral_noise(rng, size, alpha=2.0)
-    r_min, r_max = 2.0, size / 4.0
+    r_max = size / 4.0 if r_max is None else r_max
     uniform = rng.random(discs)
     radii = (r_min**-2 - uniform * (r_min**-2 - r_max**-2)) ** -0.5
     centres = rng.integers(0, size, size=(discs, 2))
     shades = rng.random(discs)
-    for radius, (cy, cx), shade in zip(radii, centres, shades):
+    angles = rng.uniform(0.0, np.pi, discs)
+    for radius, (cy, cx), shade, angle in zip(radii, centres, shades, angles):
         reach = math.ceil(radius)
         offsets = np.arange(-reach, reach + 1)
-        disc = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius
+        if elongation == 1.0:
+            disc = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius
+        else:
+            c, s = math.cos(angle), math.sin(angle)
+            a = c * offsets[None, :] + s * offsets[:, None]
+            b = -s * offsets[None, :] + c * offsets[:, None]
+            disc = a * a + (b * elongation) ** 2 <= radius * radius
         rows, cols = (cy + offsets) % size, (cx + offsets) % size
         patch = field[np.ix_(rows, cols)]
         patch[disc] = shade
         field[np.ix_(rows, cols)] = patch
     texture = spectral_noise(rng, size, alpha=1.0)
     return np.clip(field + 0.08 * (texture - 0.5), 0.0, 1.0).astype(np.float32)
+
+
+def composition(rng: np.random.Generator, size: int, shapes: int = 14) -> np.ndarray:
+    """A painting-like random composition: a 1/f background with rectangles, thick strokes and noise blobs,
+    each of its own grey, with hard or slightly soft edges (periodic over the tile)."""
+    u, v = _grid(size)
+    field = 0.5 + 0.6 * (spectral_noise(rng, size, alpha=rng.uniform(1.5, 2.5)) - 0.5)
+    for _ in range(shapes):
+        du, dv = _wrapped(u - rng.random()), _wrapped(v - rng.random())
+        kind = rng.random()
+        if kind < 0.4:  # rectangle, sometimes rotated
+            angle = rng.uniform(0, np.pi) if rng.random() < 0.3 else 0.0
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = c * du + s * dv, -s * du + c * dv
+            mask = (np.abs(a) < rng.uniform(0.03, 0.3)) & (np.abs(b) < rng.uniform(0.03, 0.3))
+        elif kind < 0.7:  # stroke: a thick line segment
+            angle = rng.uniform(0, np.pi)
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = c * du + s * dv, -s * du + c * dv
+            mask = (np.abs(a) < rng.uniform(0.1, 0.45)) & (np.abs(b) < rng.uniform(0.005, 0.03))
+        else:  # blob: a disc warped by noise
+            warp = 0.06 * (value_noise(rng, size, octaves=3, base_cells=4) - 0.5)
+            mask = np.hypot(du, dv) + warp < rng.uniform(0.04, 0.2)
+        shade = rng.random()
+        field = np.where(mask, shade + 0.1 * (field - 0.5), field)
+    if rng.random() < 0.5:
+        field = blur(field, rng.uniform(0.3, 1.2))
+    return np.clip(field, 0.0, 1.0).astype(np.float32)
+
+
+def painting_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A dead-leaves image or a random composition (both have the edges and blobs of real pictures)."""
+    if rng.random() < 0.5:
+        return dead_leaves(rng, size)
+    return composition(rng, size, shapes=int(rng.integers(8, 24)))
+
+
+def terrazzo_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Small chips of random shades and sizes (dead leaves with small radii) in a speckled binder."""
+    chips = dead_leaves(rng, size, discs=int(rng.integers(800, 1600)), r_min=1.0, r_max=max(2.0, size / 28))
+    binder = spectral_noise(rng, size, alpha=0.8)
+    return np.clip(0.85 * chips + 0.15 * binder, 0.0, 1.0).astype(np.float32)
+
+
+def metal_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Brushed metal: strongly anisotropic fine noise, a broad sheen and a few scratches."""
+    brushed = spectral_noise(rng, size, alpha=1.0, stretch=(40.0, 1.0))
+    sheen = spectral_noise(rng, size, alpha=2.5)
+    field = 0.5 * brushed + 0.8 * sheen
+    u, v = _grid(size)
+    for _ in range(int(rng.integers(0, 6))):
+        angle = rng.uniform(0, np.pi)
+        distance = np.abs(
+            math.cos(angle) * _wrapped(u - rng.random()) + math.sin(angle) * _wrapped(v - rng.random())
+        )
+        field = np.where(distance < 0.6 / size, field + 0.4, field)
+    return _normalise(field, contrast=0.6)
+
+
+def foliage_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Leaves: elongated dead-leaves ellipses at random angles over dark gaps."""
+    return dead_leaves(
+        rng, size, discs=int(rng.integers(900, 1500)), r_min=2.5, r_max=size / 10, elongation=2.5
+    )
+
+
+def macro_field(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The grey "macro" layer that hides texture repeats: 1/f^α blotches (α in [1.4, 2.2]) with soft stains
+    (blurred dead leaves), in [0, 1] around 0.5."""
+    blotches = spectral_noise(rng, size, alpha=rng.uniform(1.4, 2.2))
+    stains = blur(
+        dead_leaves(rng, size, discs=int(rng.integers(30, 90)), r_min=size / 40, r_max=size / 5), 2.0
+    )
+    return _normalise(blotches + rng.uniform(0.5, 1.2) * (stains - 0.5), contrast=0.7)
 
 
 _PATTERNS = {
@@ -226,7 +442,10 @@ _PATTERNS = {
     "fabric": fabric_pattern,
     "carpet": carpet_pattern,
     "wallpaper": wallpaper_pattern,
-    "painting": dead_leaves,
+    "painting": painting_pattern,
+    "terrazzo": terrazzo_pattern,
+    "metal": metal_pattern,
+    "foliage": foliage_pattern,
 }
 
 
@@ -275,9 +494,25 @@ def random_palette(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.
             grout,
         ]
         positions = [0.0, 0.8, 0.88, 1.0]
-    elif kind == "painting":
+    elif kind == "metal":
+        tint = _hsv(rng.uniform(0.08, 0.14), rng.uniform(0.3, 0.6), 1.0) if rng.random() < 0.3 else np.ones(3)
+        low, high = rng.uniform(0.2, 0.45), rng.uniform(0.65, 0.95)
+        colours = [tint * low, tint * (low + high) / 2, tint * high]
+        positions = [0.0, 0.5, 1.0]
+    elif kind == "foliage":
+        leaf = rng.uniform(0.2, 0.4)
+        colours = [
+            _hsv(leaf, rng.uniform(0.5, 0.9), rng.uniform(0.05, 0.15)),
+            _hsv(leaf + rng.uniform(-0.05, 0.05), rng.uniform(0.5, 0.9), rng.uniform(0.25, 0.45)),
+            _hsv(leaf + rng.uniform(-0.08, 0.04), rng.uniform(0.4, 0.8), rng.uniform(0.5, 0.8)),
+        ]
+        positions = [0.0, 0.5, 1.0]
+    elif kind in ("painting", "terrazzo"):
         count = int(rng.integers(4, 8))
-        colours = [_hsv(rng.random(), rng.uniform(0.2, 1.0), rng.uniform(0.1, 1.0)) for _ in range(count)]
+        low_value = 0.1 if kind == "painting" else 0.35  # terrazzo: chips in a light binder
+        colours = [
+            _hsv(rng.random(), rng.uniform(0.2, 1.0), rng.uniform(low_value, 1.0)) for _ in range(count)
+        ]
         positions = np.linspace(0.0, 1.0, count).tolist()
     else:  # plaster, stone, fabric, carpet, wallpaper
         light = kind in ("plaster", "wallpaper")
@@ -304,15 +539,23 @@ def gradient_map(field: np.ndarray, positions: np.ndarray, colours: np.ndarray) 
 
 @dataclass(frozen=True)
 class PatternTexture:
-    """One bank entry: a periodic pattern field and an independent detail field, both in [0, 1]."""
+    """One bank entry: a periodic pattern field and an independent detail field, both in [0, 1]; ``levels``
+    is the field quantised to the 256 entries of a palette look-up table (precomputed: scenes colour it
+    often)."""
 
     kind: str
     field: np.ndarray
     detail: np.ndarray
+    levels: np.ndarray
+
+
+MACRO_COUNT = 8
+"""Macro fields per bank (each scene lays one or two of them over its surfaces)."""
 
 
 class TextureBank:
-    """Deterministic set of periodic pattern fields, ``count`` of them spread over ``TEXTURE_KINDS``.
+    """Deterministic set of periodic pattern fields, ``count`` of them spread over ``TEXTURE_KINDS``, and
+    ``MACRO_COUNT`` grey macro textures (``macro_field``).
 
     Scenes colour the fields with their own palettes (``colorize``), so a modest bank gives varied rooms.
     """
@@ -332,8 +575,13 @@ class TextureBank:
             rng = np.random.default_rng([self.seed, 0x7E47, index])
             field = _PATTERNS[kind](rng, size)
             detail = spectral_noise(rng, size, alpha=rng.uniform(0.7, 1.3))
+            levels = np.round(np.clip(field, 0.0, 1.0) * 255.0).astype(np.uint8)
             self.by_kind[kind].append(index)
-            self.patterns.append(PatternTexture(kind, field, detail))
+            self.patterns.append(PatternTexture(kind, field, detail - np.float32(0.5), levels))
+        self.macros: list[np.ndarray] = []
+        for index in range(MACRO_COUNT):
+            grey = macro_field(np.random.default_rng([self.seed, 0x3AC0, index]), size)
+            self.macros.append(np.repeat(np.round(grey * 255.0).astype(np.uint8)[..., None], 3, axis=2))
 
     def pick(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> int:
         """A random bank index among the given kinds."""
@@ -345,18 +593,23 @@ class TextureBank:
         """(S, S, 3) uint8 texture: pattern ``index`` through a random palette, times its detail field."""
         pattern = self.patterns[index]
         positions, colours = random_palette(rng, pattern.kind)
-        levels = np.linspace(0.0, 1.0, 256)
-        lut = (gradient_map(levels, positions, colours) * 255.0).astype(np.float32)  # (256, 3)
-        rgb = lut[np.round(pattern.field * 255.0).astype(np.int64)]
         strength = rng.uniform(0.05, 0.25)
-        rgb *= (1.0 + 2.0 * strength * (pattern.detail - 0.5))[..., None]
-        if pattern.kind in ("wood", "fabric", "marble") and rng.random() < 0.5:
-            rgb = rgb.transpose(1, 0, 2)  # grain may run either way on a surface
-        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        steps = np.linspace(0.0, 1.0, 256)
+        lut = (gradient_map(steps, positions, colours) * 255.0).astype(np.float32)  # (256, 3)
+        gain = np.float32(1.0) + np.float32(2.0 * strength) * pattern.detail
+        rgb = np.empty((*pattern.levels.shape, 3), dtype=np.uint8)
+        for channel in range(3):
+            value = np.take(lut[:, channel], pattern.levels) * gain + np.float32(0.5)
+            np.clip(value, 0, 255, out=value)
+            rgb[..., channel] = value
+        if pattern.kind in ("wood", "fabric", "marble", "metal") and rng.random() < 0.5:
+            rgb = np.ascontiguousarray(rgb.transpose(1, 0, 2))  # grain may run either way on a surface
+        return rgb
 
 
 def texture_bank(seed: int, count: int = 40, size: int = 256) -> TextureBank:
-    """The bank for a seed, built once per process (≈ 1.5 s for 40 textures of 256² on one core)."""
+    """The bank for a seed, built once per process (≈ 2 s for 40 textures of 256² and the macro fields on
+    one core)."""
     return _cached_bank(int(seed), int(count), int(size))
 
 
@@ -371,12 +624,14 @@ def _cached_bank(seed: int, count: int, size: int) -> TextureBank:
 def mipmaps(texture: np.ndarray) -> list[np.ndarray]:
     """Box-filtered pyramid of a square power-of-two (S, S, 3) uint8 texture, down to 1x1."""
     levels = [texture]
-    current = texture.astype(np.float32)
+    current = texture
     while current.shape[0] > 1:
-        current = 0.25 * (
-            current[0::2, 0::2] + current[1::2, 0::2] + current[0::2, 1::2] + current[1::2, 1::2]
-        )
-        levels.append(np.clip(current + 0.5, 0, 255).astype(np.uint8))
+        side = current.shape[0] // 2
+        # (rows pair, columns pair x RGB) without strided gathers; sums of four uint8 fit in uint16
+        wide = current.reshape(side, 2, side, 6).astype(np.uint16)
+        rows = wide[:, 0] + wide[:, 1]
+        current = ((rows[..., :3] + rows[..., 3:] + np.uint16(2)) >> np.uint16(2)).astype(np.uint8)
+        levels.append(current)
     return levels
 
 
@@ -398,18 +653,13 @@ class TextureAtlas:
         self.level_sizes = np.array([size >> level for level in range(self.levels)], dtype=np.int64)
         self.level_offsets = np.concatenate([[0], np.cumsum(self.level_sizes**2)[:-1]]).astype(np.int64)
         self.stride = int(np.sum(self.level_sizes**2))
-        rgba = np.zeros((len(textures) * self.stride, 4), dtype=np.uint8)
-        row = 0
-        for texture in textures:
-            for level in mipmaps(texture):
-                count = level.shape[0] * level.shape[1]
-                rgba[row : row + count, :3] = level.reshape(-1, 3)
-                row += count
-        if sys.byteorder == "little":  # bytes R, G, B, 0 read as one uint32 = R | G << 8 | B << 16
-            self.packed = rgba.view(np.uint32).reshape(-1)
-        else:
-            wide = rgba.astype(np.uint32)
-            self.packed = wide[:, 0] | (wide[:, 1] << 8) | (wide[:, 2] << 16)
+        self.packed = np.empty(len(textures) * self.stride, dtype=np.uint32)  # R | G << 8 | B << 16
+        pyramids: dict[int, np.ndarray] = {}  # textures shared by several slots (macro layers) are built once
+        for slot, texture in enumerate(textures):
+            if id(texture) not in pyramids:
+                wide = np.concatenate([level.reshape(-1, 3) for level in mipmaps(texture)]).astype(np.uint32)
+                pyramids[id(texture)] = wide[:, 0] | (wide[:, 1] << 8) | (wide[:, 2] << 16)
+            self.packed[slot * self.stride : (slot + 1) * self.stride] = pyramids[id(texture)]
         self.count = len(textures)
         if len(textures) * self.stride >= 2**31:
             raise ValueError(f"TextureAtlas of {len(textures)} textures of {size}^2 exceeds 2^31 texels")
@@ -472,6 +722,32 @@ class TextureAtlas:
             green.astype(np.float32) * third,
             (red_blue >> np.uint32(16)).astype(np.float32) * third,
         ]
+
+    def sample_channel(
+        self, texture: np.ndarray, u: np.ndarray, v: np.ndarray, level: np.ndarray
+    ) -> np.ndarray:
+        """Bilinearly filtered green channel (float32, [0, 255]) as in ``sample``: grey textures (the macro
+        layer) need one channel, at a third of the work."""
+        level = np.minimum(level, self.levels - 1)
+        scale = np.take(self._subtexel_scale, level)
+        side = np.take(self._sides32, level)
+        mask = side - 1
+        su = (u * scale - np.float32(8.0)).astype(np.int32)
+        sv = (v * scale - np.float32(8.0)).astype(np.int32)
+        wu, wv = (su & 15).astype(np.uint32), (sv & 15).astype(np.uint32)
+        column0, row0 = su >> 4, sv >> 4
+        base = texture.astype(np.int32) * np.int32(self.stride) + np.take(self._offsets32, level)
+        column1 = (column0 + 1) & mask
+        column0 &= mask
+        row_index0 = base + (row0 & mask) * side
+        row_index1 = base + ((row0 + 1) & mask) * side
+        inverse_u, inverse_v = np.uint32(16) - wu, np.uint32(16) - wv
+        weights = (inverse_u * inverse_v, wu * inverse_v, inverse_u * wv, wu * wv)
+        corners = (row_index0 + column0, row_index0 + column1, row_index1 + column0, row_index1 + column1)
+        green = np.zeros(u.shape, dtype=np.uint32)
+        for weight, index in zip(weights, corners):
+            green += ((np.take(self.packed, index) >> np.uint32(8)) & np.uint32(0xFF)) * weight
+        return green.astype(np.float32) * np.float32(1.0 / 256.0)
 
     def lookup(self, texture: np.ndarray, u: np.ndarray, v: np.ndarray, level: np.ndarray) -> np.ndarray:
         """(N, 3) uint8 RGB nearest texels (see ``lookup_packed``)."""

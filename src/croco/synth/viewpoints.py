@@ -1,11 +1,11 @@
 """Where the cameras of a pair go: CroCo's view-sampling rules for Habitat-style navigable scenes.
 
-The rules (the released generator of the official repository, naver/croco `datasets/habitat_sim/`): reference view at a random navigable point, camera
-height U[1.2, 1.8] m, heading uniform in [0, 2π), then pan U[±3°] (about up) · tilt U[±10°] (about right) ·
-roll U[±5°] (about forward); the second view does a 5-step random walk of 2.0·N(0, 1) in the floor plane,
-snapping every step to the walkable area, and looks at the mean 3-D point of the reference view (up = world
-up) with the same orientation noise. The scene side of this (``NavigableScene``) is what a navmesh offers, so
-the same code drives the procedural rooms and habitat-sim.
+The rules (the released generator of the official repository, naver/croco `datasets/habitat_sim/`): reference
+view at a random navigable point, camera height U[1.2, 1.8] m, heading uniform in [0, 2π), then pan U[±3°]
+(about up) · tilt U[±10°] (about right) · roll U[±5°] (about forward); the second view does a 5-step random
+walk of 2.0·N(0, 1) in the floor plane, snapping every step to the walkable area, and looks at the mean 3-D
+point of the reference view (up = world up) with the same orientation noise. The scene side of this
+(``NavigableScene``) is what a navmesh offers, so the same code drives the procedural rooms and habitat-sim.
 """
 
 from __future__ import annotations
