@@ -10,32 +10,11 @@ Writes ``smoke_loss.png`` (train loss per step, validation loss and masked-patch
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import shutil
 import sys
 from pathlib import Path
 
-
-def newest_launch(run_dir: Path) -> Path:
-    launches = sorted((p for p in (run_dir / "launches").glob("*") if (p / "csv" / "metrics.csv").is_file()),
-                      key=lambda p: p.stat().st_mtime)  # fmt: skip
-    if not launches:
-        raise SystemExit(
-            f"error: {run_dir}/launches: no launch with csv/metrics.csv (run the smoke experiment first)"
-        )
-    return launches[-1]
-
-
-def read_series(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_csv) as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in ("", None):
-                    continue
-                series.setdefault(key, []).append((int(row["step"]), float(value)))
-    return series
+from croco.utils.runs import find_metrics, read_series, save_figure
 
 
 def plot(series: dict[str, list[tuple[int, float]]], out: Path) -> None:
@@ -67,9 +46,7 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path) -> None:
     ax_psnr.set_title("val PSNR on masked patches")
     ax_psnr.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, out)
+    save_figure(fig, out)
     plt.close(fig)
 
 
@@ -81,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", type=Path, default=None, help="launch folder (default: the newest one)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     args = parser.parse_args(argv)
-    launch = args.launch or newest_launch(args.run)
-    series = read_series(launch / "csv" / "metrics.csv")
+    try:
+        metrics_csv = find_metrics(args.launch or args.run)
+    except FileNotFoundError as error:
+        print(f"error: {error} (run the smoke experiment first)", file=sys.stderr)
+        return 1
+    launch = metrics_csv.parent.parent
+    series = read_series(metrics_csv)
     if "train/loss" not in series:
         print(f"error: {launch}/csv/metrics.csv has no train/loss column", file=sys.stderr)
         return 1

@@ -12,40 +12,12 @@ true view 2, another scene's and a grey one. A gap near 0 means the network igno
 from __future__ import annotations
 
 import argparse
-import csv
-import math
-import os
 import sys
 from pathlib import Path
 
+from croco.utils.runs import find_metrics, read_series, save_figure
+
 PREFIX = "val/crossview/"
-
-
-def find_metrics(path: Path) -> Path:
-    """A metrics.csv itself, a launch folder holding csv/metrics.csv, or a run folder (its newest launch)."""
-    if path.is_file():
-        return path
-    if (path / "csv" / "metrics.csv").is_file():
-        return path / "csv" / "metrics.csv"
-    launches = sorted((p for p in (path / "launches").glob("*") if (p / "csv" / "metrics.csv").is_file()),
-                      key=lambda p: p.stat().st_mtime)  # fmt: skip
-    if not launches:
-        raise SystemExit(f"error: {path}: no metrics.csv, csv/metrics.csv or launches/*/csv/metrics.csv")
-    return launches[-1] / "csv" / "metrics.csv"
-
-
-def read_series(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every column as (step, value) points, skipping empty and non-finite cells."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_csv) as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in ("", None):
-                    continue
-                number = float(value)
-                if math.isfinite(number):
-                    series.setdefault(key, []).append((int(row["step"]), number))
-    return series
 
 
 def bin_columns(
@@ -94,10 +66,7 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> N
     ax_loss.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, out)
+    save_figure(fig, out)
     plt.close(fig)
 
 
@@ -110,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="PNG to write (default: <launch>/crossview.png)"
     )
     args = parser.parse_args(argv)
-    metrics_csv = find_metrics(args.path)
+    try:
+        metrics_csv = find_metrics(args.path)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     series = read_series(metrics_csv)
     if f"{PREFIX}gap_other" not in series:
         print(

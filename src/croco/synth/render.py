@@ -22,6 +22,8 @@ Depth is exact (float32 ray parameter; rays are scaled so that the parameter equ
 from __future__ import annotations
 
 import abc
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -359,7 +361,8 @@ def _ellipsoid_hits(origin: list, directions: list) -> tuple[np.ndarray, np.ndar
     return near, np.zeros(near.shape, dtype=np.int64), near > NEAR
 
 
-def _cast_cylinder(
+def _cast_curved(
+    hits: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]],
     scene: Scene,
     index: int,
     origin: np.ndarray,
@@ -367,28 +370,13 @@ def _cast_cylinder(
     t: np.ndarray,
     face: np.ndarray,
 ) -> None:
-    """Ray / vertical elliptic cylinder on a screen window (``_cylinder_hits``); updates the buffers."""
-    enter, slot, hit = _cylinder_hits(*_local_ray(scene, index, origin, directions))
+    """Ray / curved shape on a screen window; ``hits`` is ``_cylinder_hits`` or ``_ellipsoid_hits`` (an ellipsoid
+    has one face slot). Updates the depth and face buffers where the shape is nearer."""
+    enter, slot, hit = hits(*_local_ray(scene, index, origin, directions))
     hit &= enter < t
     if hit.any():
         t[hit] = enter[hit].astype(np.float32)
         face[hit] = 6 + 6 * index + slot[hit]
-
-
-def _cast_ellipsoid(
-    scene: Scene,
-    index: int,
-    origin: np.ndarray,
-    directions: list[np.ndarray],
-    t: np.ndarray,
-    face: np.ndarray,
-) -> None:
-    """Ray / ellipsoid on a screen window (``_ellipsoid_hits``); updates the buffers."""
-    enter, _, hit = _ellipsoid_hits(*_local_ray(scene, index, origin, directions))
-    hit &= enter < t
-    if hit.any():
-        t[hit] = enter[hit].astype(np.float32)
-        face[hit] = 6 + 6 * index
 
 
 def _cast_batch(
@@ -552,11 +540,15 @@ class CpuRenderer(Renderer):
             rects = _box_screen_rects(scene, K, np.linalg.inv(pose), height, width)
             area = (rects[:, 1] - rects[:, 0]) * (rects[:, 3] - rects[:, 2])
             seen = (rects[:, 1] > rects[:, 0]) & (rects[:, 3] > rects[:, 2])
-            cast = {SHAPE_ID["box"]: self._cast_box, SHAPE_ID["cylinder"]: _cast_cylinder}
+            cast = {
+                SHAPE_ID["box"]: self._cast_box,
+                SHAPE_ID["cylinder"]: functools.partial(_cast_curved, _cylinder_hits),
+            }
+            ellipsoid = functools.partial(_cast_curved, _ellipsoid_hits)
             for index in np.flatnonzero(seen & (area > SMALL_WINDOW)):
                 r0, r1, c0, c1 = rects[index]
                 window = (slice(r0, r1), slice(c0, c1))
-                cast.get(int(scene.shapes[index]), _cast_ellipsoid)(
+                cast.get(int(scene.shapes[index]), ellipsoid)(
                     scene, int(index), origin, [d[window] for d in directions], t[window], face[window]
                 )
             small = np.flatnonzero(seen & (area <= SMALL_WINDOW))
