@@ -24,7 +24,7 @@ install: $(STAMP)  ## create .venv and install the pinned dependencies (torch 2.
 pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated into data/ on first use)
 	$(PY) train.py experiment=pretrain
 
-smoke: $(STAMP)  ## a tiny CroCo that visibly learns on a CPU in minutes
+smoke: $(STAMP)  ## a tiny CroCo that visibly learns, and uses view 2, on a CPU in about 6 minutes
 	$(PY) train.py experiment=smoke
 
 test: $(STAMP)  ## every test, slow ones included (what CI runs; ~3 min on 2 cores)
