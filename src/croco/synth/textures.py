@@ -683,18 +683,11 @@ class TextureAtlas:
         index = texture.astype(np.int64) * self.stride + self.level_offsets[level] + row * side + column
         return np.take(self.packed, index)
 
-    def sample(
+    def _bilinear_taps(
         self, texture: np.ndarray, u: np.ndarray, v: np.ndarray, level: np.ndarray
-    ) -> list[np.ndarray]:
-        """Bilinearly filtered [R, G, B] float32 arrays at level-0 texel coordinates (u, v), mip ``level`` (>=
-        0; levels past the 1x1 one are clamped).
-
-        Texel centres sit at +0.5 like pixel centres; filtering wraps around the periodic texture. Without it,
-        surfaces seen from close up (texture magnified) show blocky texels that no real camera produces.
-        Weights use 1/16-texel fixed point so that the blend runs on packed integers: R and B share one uint32
-        (two 16-bit lanes), G another, which halves the numpy work.
-        """
-        level = np.minimum(level, self.levels - 1)
+    ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The four texel indices into ``packed`` around each (u, v) at its mip ``level``, and their integer
+        bilinear weights (1/16-texel precision, summing to 256); shared by ``sample`` and ``sample_channel``."""
         scale = np.take(self._subtexel_scale, level)  # 16 / 2^level: 1/16-texel units of the level
         side = np.take(self._sides32, level)
         mask = side - 1
@@ -710,6 +703,21 @@ class TextureAtlas:
         inverse_u, inverse_v = np.uint32(16) - wu, np.uint32(16) - wv
         weights = (inverse_u * inverse_v, wu * inverse_v, inverse_u * wv, wu * wv)  # sum to 256
         corners = (row_index0 + column0, row_index0 + column1, row_index1 + column0, row_index1 + column1)
+        return weights, corners
+
+    def sample(
+        self, texture: np.ndarray, u: np.ndarray, v: np.ndarray, level: np.ndarray
+    ) -> list[np.ndarray]:
+        """Bilinearly filtered [R, G, B] float32 arrays at level-0 texel coordinates (u, v), mip ``level`` (>=
+        0; levels past the 1x1 one are clamped).
+
+        Texel centres sit at +0.5 like pixel centres; filtering wraps around the periodic texture. Without it,
+        surfaces seen from close up (texture magnified) show blocky texels that no real camera produces.
+        Weights use 1/16-texel fixed point so that the blend runs on packed integers: R and B share one uint32
+        (two 16-bit lanes), G another, which halves the numpy work.
+        """
+        level = np.minimum(level, self.levels - 1)
+        weights, corners = self._bilinear_taps(texture, u, v, level)
         red_blue = np.zeros(u.shape, dtype=np.uint32)
         green = np.zeros(u.shape, dtype=np.uint32)
         for weight, index in zip(weights, corners):
@@ -729,21 +737,7 @@ class TextureAtlas:
         """Bilinearly filtered green channel (float32, [0, 255]) as in ``sample``: grey textures (the macro
         layer) need one channel, at a third of the work."""
         level = np.minimum(level, self.levels - 1)
-        scale = np.take(self._subtexel_scale, level)
-        side = np.take(self._sides32, level)
-        mask = side - 1
-        su = (u * scale - np.float32(8.0)).astype(np.int32)
-        sv = (v * scale - np.float32(8.0)).astype(np.int32)
-        wu, wv = (su & 15).astype(np.uint32), (sv & 15).astype(np.uint32)
-        column0, row0 = su >> 4, sv >> 4
-        base = texture.astype(np.int32) * np.int32(self.stride) + np.take(self._offsets32, level)
-        column1 = (column0 + 1) & mask
-        column0 &= mask
-        row_index0 = base + (row0 & mask) * side
-        row_index1 = base + ((row0 + 1) & mask) * side
-        inverse_u, inverse_v = np.uint32(16) - wu, np.uint32(16) - wv
-        weights = (inverse_u * inverse_v, wu * inverse_v, inverse_u * wv, wu * wv)
-        corners = (row_index0 + column0, row_index0 + column1, row_index1 + column0, row_index1 + column1)
+        weights, corners = self._bilinear_taps(texture, u, v, level)
         green = np.zeros(u.shape, dtype=np.uint32)
         for weight, index in zip(weights, corners):
             green += ((np.take(self.packed, index) >> np.uint32(8)) & np.uint32(0xFF)) * weight
