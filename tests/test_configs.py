@@ -14,6 +14,7 @@ from croco.tasks.checks import validate_train_config
 from croco.utils.config import ConfigError, check_group_choices, group_options
 from croco.utils.instantiate import InstantiationError, check_targets, instantiate
 from croco.utils.resolvers import run_name_from_overrides, wandb_api_key_configured
+from croco.utils.sizes import as_hw
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -31,7 +32,11 @@ def test_expected_options_exist():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(compose_train, experiment):
     cfg = compose_train(f"experiment={experiment}")
-    assert cfg.task.mask_ratio == cfg.masking.ratio
+    if cfg.task._target_ == "croco.tasks.pretrain.PretrainTask":
+        assert cfg.task.mask_ratio == cfg.masking.ratio
+    else:  # downstream: the backbone is built at the task's image size
+        sizes = OmegaConf.to_container(cfg, resolve=True)
+        assert as_hw(sizes["model"]["img_size"]) == as_hw(sizes["data"]["img_size"])
     assert cfg.run_name == experiment  # stable run name = the experiment
     assert cfg.paths.ckpt_dir.endswith(f"runs/{experiment}/checkpoints")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

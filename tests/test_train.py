@@ -20,7 +20,9 @@ from croco.utils.config import group_options
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = group_options(REPO_ROOT / "conf", "experiment")
+# pretraining experiments (the downstream ones select their task and run in tests/tasks/test_downstream_tasks.py)
+EXPERIMENTS = [e for e in group_options(REPO_ROOT / "conf", "experiment")
+               if "override /task:" not in (REPO_ROOT / "conf" / "experiment" / f"{e}.yaml").read_text()]
 
 
 def _load(path: Path) -> dict:

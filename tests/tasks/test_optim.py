@@ -166,3 +166,28 @@ def test_rebase_keeps_the_epoch_position_when_steps_per_epoch_and_peak_change():
     sched.step()  # and it continues along the new schedule
     expected = warmup_cosine_lr(176 / 50, peak_lr=2e-3, warmup_epochs=2, epochs=10, min_lr=1e-6)
     assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_layer_decay_scales_each_depth_and_survives_a_rebase():
+    from croco.models.downstream import CroCoDownstreamBinocular, layer_id
+    from croco.models.dpt import PixelwiseTaskWithDPT
+
+    net = CroCoDownstreamBinocular(PixelwiseTaskWithDPT(hooks_idx=[0, 0, 1, 1]), **TINY)
+    recipe = OptimRecipe(lr=1e-3, layer_decay=0.5, warmup_epochs=0, epochs=10)
+    optimizer = build_optimizer(net, recipe, lr=1e-3, layer_of=lambda name: layer_id(net, name))
+    lr_of = {name: group["lr"] for group in optimizer.param_groups for name in group["names"]}
+    top = 1 + 1 + 1  # 1 encoder block, 1 decoder block, then the head
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5**top)
+    assert lr_of["enc_blocks.0.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (top - 1))
+    assert lr_of["dec_blocks.0.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (top - 2))
+    assert lr_of["head.dpt.head.4.weight"] == pytest.approx(1e-3)
+    assert {g["weight_decay"] for g in optimizer.param_groups if "enc_blocks.0.norm1.weight" in g["names"]} == {0.0}
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch=10, peak_lr=1e-3)
+    rebase_scheduler(scheduler, steps_per_epoch=20, peak_lr=2e-3)
+    peaks = {g["group"]: base for g, base in zip(optimizer.param_groups, scheduler.base_lrs)}
+    assert peaks["decay/depth0"] == pytest.approx(2e-3 * 0.5**top) and peaks[f"decay/depth{top}"] == pytest.approx(2e-3)
+
+
+def test_layer_decay_must_be_a_fraction():
+    with pytest.raises(ValueError, match="optim.layer_decay=1.5"):
+        OptimRecipe(layer_decay=1.5)

@@ -100,10 +100,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, rope=rope)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # timm's: fc1, GELU, fc2 (the official names)
+        self.drop_path: nn.Module = nn.Identity()  # stochastic depth, set for fine-tuning (no parameters)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), pos)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), pos))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
@@ -129,13 +130,14 @@ class DecoderBlock(nn.Module):
         self.norm3 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = norm_layer(dim) if norm_mem else nn.Identity()
+        self.drop_path: nn.Module = nn.Identity()  # stochastic depth, set for fine-tuning (no parameters)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, xpos: torch.Tensor | None, ypos: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x + self.attn(self.norm1(x), xpos)
-        x = x + self.cross_attn(self.norm2(x), self.norm_y(y), xpos, ypos)
-        x = x + self.mlp(self.norm3(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), xpos))
+        x = x + self.drop_path(self.cross_attn(self.norm2(x), self.norm_y(y), xpos, ypos))
+        x = x + self.drop_path(self.mlp(self.norm3(x)))
         return x, y
 
 

@@ -7,6 +7,10 @@ Three layouts exist in the wild (written by naver/croco ``pretrain.py`` and ``st
 2. ``{"model": ..., "args": Namespace(model="CroCoNet(enc_embed_dim=1024, ...)", ...)}`` — files written by
    the official ``pretrain.py``; the ``args.model`` string is parsed as keyword literals, never evaluated;
 3. ``{"model": ...}`` alone — the released CroCo v1 file (constructor defaults).
+
+Fine-tuned CroCo-Stereo / CroCo-Flow files carry ``args.croco_args`` (a dict) instead of the model string.
+``load_backbone`` initialises a downstream network from any of these files or from a Lightning checkpoint of
+this project, keeping only the parts the downstream network has.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "croco_kwarg_names",
     "export_official_checkpoint",
+    "load_backbone",
     "load_official_checkpoint",
     "network_from_lightning",
     "parse_model_string",
@@ -106,6 +111,8 @@ def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], d
         if not isinstance(ckpt["croco_kwargs"], dict):
             raise CheckpointError(f"{path}: 'croco_kwargs' must be a dict")
         kwargs = _check_kwargs(ckpt["croco_kwargs"], f"{path}: croco_kwargs")
+    elif isinstance(getattr(ckpt.get("args"), "croco_args", None), dict):  # CroCo-Stereo / CroCo-Flow
+        kwargs = _check_kwargs(ckpt["args"].croco_args, f"{path}: args.croco_args")
     elif "args" in ckpt:
         model_string = getattr(ckpt["args"], "model", None)
         if not isinstance(model_string, str):
@@ -185,3 +192,58 @@ def export_official_checkpoint(model: CroCoNet, path: str | os.PathLike) -> Path
     with atomic_output(path) as tmp:
         torch.save({"model": state, "croco_kwargs": kwargs}, tmp)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ downstream init
+PRETRAINING_ONLY_KEYS = ("mask_token", "prediction_head.")
+DECODER_KEYS = ("decoder_embed.", "dec_blocks.", "dec_norm.", "dec_view_embed")
+ARCHITECTURE_KEYS = ("patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth",
+                     "dec_num_heads", "mlp_ratio", "norm_im2_in_dec", "pos_embed", "decoder")  # fmt: skip
+
+
+def read_any_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(CroCoNet kwargs, network state dict) of a Lightning checkpoint of this project (weights under ``net.``)
+    or of an official-layout file; kwargs may be partial (official v1 files carry none: the defaults)."""
+    path = Path(path)
+    ckpt = load_weights_only(path)
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):  # Lightning
+        kwargs = ckpt.get("croco_kwargs") or (ckpt.get("hyper_parameters") or {}).get("model") or {}
+        state = uncompiled_state(ckpt["state_dict"], prefix="net.")
+        if not state:
+            raise CheckpointError(f"{path}: a Lightning checkpoint without network weights under 'net.'")
+        return dict(kwargs), state
+    return read_official_checkpoint(path)
+
+
+def load_backbone(net: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Initialise the backbone of a downstream network (``croco.models.downstream``) from ``path``.
+
+    Parts the network does not have are dropped: the mask token and the pixel prediction head always, any
+    ``head.*`` of a fine-tuned file, and the decoder when ``net`` has none. Every other key must match: a
+    missing, unexpected or differently shaped key is a one-line :class:`CheckpointError` (never a silent
+    ``strict=False``), which names the architecture arguments that differ. Cosine positions stored at another
+    grid are resampled bicubically (the official ``interpolate_pos_embed``). Returns a one-line summary."""
+    path = Path(path)
+    kwargs, state = read_any_checkpoint(path)
+    keep_decoder = hasattr(net, "dec_blocks")
+    dropped = [k for k in state if k.startswith(PRETRAINING_ONLY_KEYS + ("head.",))
+               or (not keep_decoder and k.startswith(DECODER_KEYS))]  # fmt: skip
+    state = {k: v for k, v in state.items() if k not in set(dropped)}
+    interpolate_pos_embed(net, state)
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
+              and state[k].shape != own[k].shape]  # fmt: skip
+    problems = [f"{len(items)} {label} (e.g. {', '.join(items[:3])})" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]  # fmt: skip
+    if problems:
+        defaults = {n: p.default for n, p in inspect.signature(CroCoNet).parameters.items()}
+        mine = getattr(net, "croco_kwargs", {})
+        differ = [f"{k}={kwargs.get(k, defaults[k])!r} (model: {mine.get(k)!r})" for k in ARCHITECTURE_KEYS
+                  if k in mine and kwargs.get(k, defaults[k]) != mine[k]]  # fmt: skip
+        hint = f"; the checkpoint has {', '.join(differ)}: choose the model preset that matches" if differ else ""
+        raise CheckpointError(f"{path}: backbone weights do not fit the model: {'; '.join(problems)}{hint}")
+    net.load_state_dict({**net.state_dict(), **state}, strict=True)
+    return f"initialised {len(state)} backbone tensors from {path} (dropped {len(dropped)} unused: " \
+        f"{', '.join(sorted({k.split('.')[0] for k in dropped})) or 'none'})"

@@ -27,7 +27,14 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from croco.tasks.optim import OptimRecipe, build_optimizer, build_scheduler, rebase_scheduler, scaled_lr
+from croco.tasks.optim import (
+    LayerOf,
+    OptimRecipe,
+    build_optimizer,
+    build_scheduler,
+    rebase_scheduler,
+    scaled_lr,
+)
 
 __all__ = ["BaseTask", "effective_batch_size", "steps_per_epoch"]
 
@@ -102,12 +109,17 @@ class BaseTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW and the schedule, built with provisional numbers: the trainer has not loaded the train data yet,
         so steps per epoch and the effective batch (hence the peak lr) are bound in ``on_train_start``."""
-        optimizer = build_optimizer(self.net, self.recipe, lr=0.0)
+        optimizer = build_optimizer(self.net, self.recipe, lr=0.0, layer_of=self.layer_of())
         scheduler = build_scheduler(optimizer, self.recipe, steps_per_epoch=1, peak_lr=0.0)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def layer_of(self) -> LayerOf | None:
+        """The depth of each parameter of ``self.net`` for layer-wise lr decay (``optim.layer_decay``); None:
+        the task has no notion of depth (pretraining)."""
+        return None
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -165,8 +177,9 @@ class BaseTask(pl.LightningModule):
             )
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size,
                  sync_dist=True)  # fmt: skip
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
-                 prog_bar=True, batch_size=batch_size)  # fmt: skip
+        # the peak of the groups (with layer-wise decay, the head's lr; the lower depths get a fixed fraction of it)
+        lr = max(group["lr"] for group in self.trainer.optimizers[0].param_groups)
+        self.log("train/lr", lr, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         if self.steps_per_epoch:
             scheduler = self.lr_schedulers()
             self.log("train/epoch", scheduler.last_epoch / self.steps_per_epoch, on_step=True, on_epoch=False,

@@ -23,7 +23,7 @@ from croco.tasks.optim import OptimRecipe
 from croco.utils.config import ConfigError
 from croco.utils.sizes import as_hw
 
-__all__ = ["TASK_CHECKS", "validate_train_config"]
+__all__ = ["FINETUNE_DEFAULTS", "TASK_CHECKS", "finetune_settings", "validate_train_config"]
 
 Check = Callable[[DictConfig], None]
 
@@ -72,8 +72,15 @@ def check_optim(cfg: DictConfig) -> None:
 
 
 def check_data_folders(cfg: DictConfig) -> None:
-    """Folders that must already hold shards: all sources, when nothing may generate them."""
+    """Folders that must already hold data, when nothing may generate them: every pretraining source (shards),
+    a downstream dataset's root."""
     if _get(cfg, "data.generate_if_missing") is not None:
+        return
+    root = _get(cfg, "data.root")
+    if _get(cfg, "data.sources") is None:
+        if root is not None and not os.path.isdir(root):
+            raise ConfigError(f"data.root={root}: no such folder; put the dataset there (docs/downstream.md) or "
+                              "set data.root")  # fmt: skip
         return
     try:
         check_sources(_get(cfg, "data.sources") or [])
@@ -132,8 +139,61 @@ def check_pretraining(cfg: DictConfig) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------ downstream
+FINETUNE_DEFAULTS: dict[str, Any] = {"init": "scratch", "freeze": None, "drop_path": 0.0}
+"""Keys of ``conf/finetune/*.yaml``."""
+
+
+def finetune_settings(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``finetune`` mapping with defaults filled in; unknown keys and bad values are one-line errors."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(FINETUNE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"finetune: unknown key(s) {unknown}; allowed: {', '.join(FINETUNE_DEFAULTS)}")
+    out = {**FINETUNE_DEFAULTS, **values}
+    init = out["init"]
+    if init is None or str(init) in ("", "scratch", "null"):
+        out["init"] = "scratch"
+    else:
+        out["init"] = str(init)
+    freeze_value = out["freeze"]
+    if not (freeze_value is None or freeze_value == "backbone" or
+            (isinstance(freeze_value, int) and not isinstance(freeze_value, bool) and freeze_value >= 0)):  # fmt: skip
+        raise ValueError(f"finetune.freeze={freeze_value!r}: expected null, backbone or a number of encoder blocks")
+    rate = out["drop_path"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise ValueError(f"finetune.drop_path={rate!r}: expected a rate in [0, 1)")
+    out["drop_path"] = float(rate)
+    return out
+
+
+def check_finetune(cfg: DictConfig) -> None:
+    """``finetune`` keys and values; an initialisation file must exist (read when the fit starts)."""
+    try:
+        settings = finetune_settings(OmegaConf.to_container(_get(cfg, "finetune", {}), resolve=True))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    init = settings["init"]
+    if init != "scratch" and not os.path.isfile(init):
+        raise ConfigError(f"finetune.init={init}: no such file; allowed: scratch, a Lightning .ckpt of this "
+                          "project or an official CroCo .pth")  # fmt: skip
+
+
+def _check_target(expected: str) -> Check:
+    def check(cfg: DictConfig) -> None:
+        target = _get(cfg, "data.target")
+        if target != expected:
+            raise ConfigError(f"data.target={target!r}: the task {_get(cfg, 'task._target_')} needs "
+                              f"data.target={expected} (a downstream data config, e.g. data=dense_synthetic)")  # fmt: skip
+
+    return check
+
+
 TASK_CHECKS: dict[str, tuple[Check, ...]] = {
     "croco.tasks.pretrain.PretrainTask": (check_pretraining,),
+    "croco.tasks.depth.DepthTask": (check_finetune, _check_target("depth")),
+    "croco.tasks.segmentation.SegmentationTask": (check_finetune, _check_target("segmentation")),
+    "croco.tasks.classification.ClassificationTask": (check_finetune, _check_target("classification")),
 }
 """The checks of each task, by the ``task._target_`` that selects it (``conf/task/``)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "LayerOf",
     "OptimRecipe",
     "WarmupCosineLambda",
     "build_optimizer",
@@ -41,6 +42,8 @@ class OptimRecipe:
     ``lr`` null means ``blr * effective_batch / 256``; a number is used as is (no scaling).
     ``epochs`` is the cosine horizon, in epochs (fractional epochs are allowed everywhere).
     ``clip_grad`` null means no clipping (the official recipe); otherwise the max global L2 norm.
+    ``layer_decay`` < 1 scales the lr of each depth of the network by ``layer_decay ** (top - depth)``
+    (layer-wise lr decay of BEiT / MAE fine-tuning; the task says what a depth is); 1 means none (pretraining).
     """
 
     blr: float = 1.5e-4
@@ -52,6 +55,7 @@ class OptimRecipe:
     warmup_epochs: float = 40.0
     epochs: float = 800.0
     clip_grad: float | None = None
+    layer_decay: float = 1.0
 
     def __post_init__(self) -> None:
         """The one set of checks of the recipe's values (configs are checked through it at start-up)."""
@@ -67,6 +71,8 @@ class OptimRecipe:
                 raise ValueError(f"optim.{key}={value!r}: expected a number >= 0")
         if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
             raise ValueError(f"optim.lr={self.lr!r}: expected null (lr = blr * effective batch / 256) or a number > 0")
+        if not _is_number(self.layer_decay) or not 0 < self.layer_decay <= 1:
+            raise ValueError(f"optim.layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1: no decay)")
         if self.clip_grad is not None and (not _is_number(self.clip_grad) or self.clip_grad <= 0):
             raise ValueError(f"optim.clip_grad={self.clip_grad!r}: expected null (no clipping) or a max norm > 0")
 
@@ -131,28 +137,47 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
+LayerOf = Callable[[str], tuple[int, int]]
+"""``name -> (depth of the parameter, number of depths)``, for layer-wise lr decay."""
+
+
 def param_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    layer_of: LayerOf | None = None,
+    layer_decay: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Two AdamW groups: ``decay`` (weight matrices, conv kernels, mask token) and ``no_decay``.
+    """AdamW groups: ``decay`` (weight matrices, conv kernels, mask token) and ``no_decay``, split further by
+    depth when ``layer_of`` is given and ``layer_decay`` < 1; each group's ``lr_scale`` is
+    ``layer_decay ** (number of depths - 1 - depth)``.
 
     Frozen parameters (``requires_grad=False``) are left out. Each group carries its ``names`` for inspection;
     torch ignores extra keys in a param group.
     """
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    by_depth = layer_of is not None and layer_decay < 1.0
+    groups: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def group_of(kind: str, depth: int, scale: float) -> dict[str, Any]:
+        return groups.setdefault((kind, depth), {
+            "params": [], "names": [], "weight_decay": weight_decay if kind == "decay" else 0.0,
+            "group": f"{kind}/depth{depth}" if by_depth else kind, "lr_scale": scale,
+        })  # fmt: skip
+
+    if not by_depth:  # always the two official groups, in this order
+        group_of("decay", 0, 1.0), group_of("no_decay", 0, 1.0)
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        if _no_weight_decay(name, param):
-            no_decay.append(param)
-            no_decay_names.append(name)
-        else:
-            decay.append(param)
-            decay_names.append(name)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names, "group": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names, "group": "no_decay"},
-    ]
+        kind = "no_decay" if _no_weight_decay(name, param) else "decay"
+        depth, scale = 0, 1.0
+        if by_depth:
+            depth, count = layer_of(name)
+            scale = layer_decay ** (count - 1 - depth)
+        group = group_of(kind, depth, scale)
+        group["params"].append(param)
+        group["names"].append(name)
+    order = sorted(groups, key=lambda key: (key[0] != "decay", key[1]))
+    return [groups[key] for key in order]
 
 
 def scaled_lr(recipe: OptimRecipe, effective_batch_size: int) -> float:
@@ -164,9 +189,12 @@ def scaled_lr(recipe: OptimRecipe, effective_batch_size: int) -> float:
     return recipe.blr * effective_batch_size / 256.0
 
 
-def build_optimizer(model: nn.Module, recipe: OptimRecipe, lr: float) -> torch.optim.AdamW:
-    groups = param_groups(model.named_parameters(), recipe.weight_decay)
-    groups = [g for g in groups if g["params"]]
+def build_optimizer(
+    model: nn.Module, recipe: OptimRecipe, lr: float, layer_of: LayerOf | None = None
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; each group's lr is ``lr x lr_scale`` (its peak, followed by the schedule)."""
+    groups = param_groups(model.named_parameters(), recipe.weight_decay, layer_of, recipe.layer_decay)
+    groups = [{**g, "lr": lr * g["lr_scale"]} for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, eps=recipe.eps)
 
 
@@ -198,8 +226,9 @@ def rebase_scheduler(
     if not all(isinstance(f, WarmupCosineLambda) for f in factors):
         return None
     old = factors[0]
+    peaks = [peak_lr * group.get("lr_scale", 1.0) for group in scheduler.optimizer.param_groups]
     same_length = math.isclose(old.steps_per_epoch, steps_per_epoch)
-    if same_length and all(math.isclose(b, peak_lr) for b in scheduler.base_lrs):
+    if same_length and all(math.isclose(b, p) for b, p in zip(scheduler.base_lrs, peaks)):
         return None
     epoch = scheduler.last_epoch / old.steps_per_epoch
     fresh = WarmupCosineLambda(
@@ -209,9 +238,9 @@ def rebase_scheduler(
         min_lr_ratio=(min_lr / peak_lr) if peak_lr > 0 else 0.0,
     )
     scheduler.lr_lambdas = [fresh for _ in factors]
-    scheduler.base_lrs = [peak_lr for _ in scheduler.base_lrs]
-    for group in scheduler.optimizer.param_groups:
-        group["initial_lr"] = peak_lr
+    scheduler.base_lrs = peaks
+    for group, peak in zip(scheduler.optimizer.param_groups, peaks):
+        group["initial_lr"] = peak
     # one step from the step before: LambdaLR then sets every group's lr and its own record of the last lr
     scheduler.last_epoch = round(epoch * steps_per_epoch) - 1
     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here

@@ -1,0 +1,224 @@
+"""``DownstreamDataModule``: monocular downstream data (depth / segmentation / classification) for Lightning.
+
+One module for every source of ``croco.data.dense``: ``source`` picks the dataset class (``SOURCES``), ``target``
+the ground truth, and ``DenseTransform`` makes fixed-size, aligned samples (random resized crop + flip +
+colour jitter for training, resize + centre crop for evaluation). Batches are plain dicts (default collate):
+``image`` (B, 3, H, W) float32 normalised, ``depth`` (B, 1, H, W) / ``segmentation`` (B, H, W) / ``label`` (B,),
+``name`` (list of str).
+
+As for pretraining (``croco.data.datamodule``), the module does not know where synthetic shards come from:
+``generate_if_missing`` is any callable that fills an empty folder (the configs pass the embedded generator
+with ``task=depth``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from croco.data.dense import ADE20K, IGNORE_INDEX, ClassFolders, DenseDataset, NYUv2, SyntheticViews
+from croco.data.dense_transforms import DenseTransform
+from croco.data.shards import ShardError, list_shards
+from croco.utils.sizes import as_hw
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SOURCES", "DownstreamDataModule", "allowed_combinations"]
+
+SOURCES: dict[str, type[DenseDataset]] = {
+    "synthetic": SyntheticViews,
+    "nyuv2": NYUv2,
+    "ade20k": ADE20K,
+    "folders": ClassFolders,
+}
+AUGMENT_KEYS: tuple[str, ...] = ("scale", "ratio", "hflip", "color_jitter")
+
+
+def allowed_combinations() -> list[str]:
+    """``source/target`` pairs the module accepts, e.g. ``nyuv2/depth``."""
+    return [f"{source}/{target}" for source, cls in SOURCES.items() for target in cls.targets]
+
+
+class DownstreamDataModule(LightningDataModule):
+    """Train / val / test loaders of one monocular downstream dataset.
+
+    Args:
+        source: ``synthetic`` (task shards of the embedded generator), ``nyuv2``, ``ade20k`` or ``folders``.
+        root: the dataset's folder (the shard folder for ``synthetic``).
+        target: ``depth``, ``segmentation`` or ``classification`` (see ``allowed_combinations()``).
+        img_size: output size (int or [height, width]).
+        batch_size: per device. ``num_workers``, ``pin_memory``, ``persistent_workers``: DataLoader settings.
+        val_fraction: share of synthetic *scenes* held out (other sources have official splits).
+        augment: training ``DenseTransform`` options (scale, ratio, hflip, color_jitter); None: its defaults.
+        generate_if_missing: ``f(folder)`` that fills an empty synthetic folder (called by ``prepare_data``).
+        limit_val_samples: keep only the first N validation samples (short CPU validation); None: all.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        root: str | Path,
+        target: str,
+        img_size: int | Sequence[int],
+        batch_size: int = 8,
+        num_workers: int = 2,
+        val_fraction: float = 0.04,
+        augment: Mapping[str, Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        generate_if_missing: Callable[[Path], Any] | None = None,
+        limit_val_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        combination = f"{source}/{target}"
+        if combination not in allowed_combinations():
+            raise ValueError(
+                f"data source={source!r}, target={target!r}: expected one of {allowed_combinations()}"
+            )
+        self.source, self.target = str(source), str(target)
+        self.dataset_class = SOURCES[self.source]
+        self.root = Path(str(root))
+        self.img_size = as_hw(img_size, "data.img_size")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: expected >= 1")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction}: expected a fraction in [0, 1)")
+        if limit_val_samples is not None and limit_val_samples < 1:
+            raise ValueError(f"data.limit_val_samples={limit_val_samples}: expected null or >= 1")
+        augment = dict(augment or {})
+        unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ValueError(f"data.augment: unknown option(s) {unknown}; expected {list(AUGMENT_KEYS)}")
+        if generate_if_missing is not None and not callable(generate_if_missing):
+            raise ValueError(
+                f"data.generate_if_missing={generate_if_missing!r}: expected null or a callable that fills a "
+                "folder (a config with _target_ and _partial_: true)"
+            )
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.val_fraction = float(val_fraction)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.generate_if_missing = generate_if_missing
+        self.limit_val_samples = limit_val_samples
+        self.train_transform = DenseTransform(self.img_size, train=True, **augment)
+        self.eval_transform = DenseTransform(self.img_size, train=False)
+        self.ignore_index = IGNORE_INDEX
+        self.data_train: DenseDataset | None = None
+        self.data_val: Dataset | None = None
+        self.data_test: DenseDataset | None = None
+        self._val_full: DenseDataset | None = None  # data_val before limit_val_samples
+
+    # -- datasets ---------------------------------------------------------------------------------------
+
+    def _dataset(self, split: str, transform: DenseTransform) -> DenseDataset:
+        if self.dataset_class is SyntheticViews:
+            return SyntheticViews(self.root, split, self.target, self.val_fraction, transform=transform)
+        return self.dataset_class(self.root, split, transform=transform)  # type: ignore[call-arg]
+
+    def describe(self) -> dict[str, Any]:
+        """Source, target and classes, read cheaply (file attributes / folder names), before ``setup``."""
+        num_classes, class_names = self.dataset_class.class_info(self.root, self.target)
+        return {
+            "source": self.source,
+            "target": self.target,
+            "root": str(self.root),
+            "num_classes": num_classes,
+            "class_names": class_names,
+        }
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic task shards into an empty folder (once per node, before ``setup``)."""
+        if self.source != "synthetic" or self.generate_if_missing is None:
+            return
+        try:
+            list_shards(self.root)
+            return
+        except ShardError:
+            pass
+        log.info("no shards in %s: generating them with %s", self.root, _describe(self.generate_if_missing))
+        self.generate_if_missing(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets the stage needs (idempotent): fit = train + val, validate = val, test / predict =
+        the held-out split."""
+        if stage in (None, "fit") and self.data_train is None:
+            self.data_train = self._dataset("train", self.train_transform)
+            if len(self.data_train) == 0:
+                raise ValueError(f"{self.root}: no training samples for {self.source}/{self.target}")
+            log.info("%s/%s train: %d samples", self.source, self.target, len(self.data_train))
+        if stage in (None, "fit", "validate") and self.data_val is None:
+            val = self._dataset("val", self.eval_transform)
+            self._val_full = val
+            if self.limit_val_samples is not None and len(val) > self.limit_val_samples:
+                log.info("validation limited to the first %d of %d samples", self.limit_val_samples, len(val))
+                self.data_val = Subset(val, range(self.limit_val_samples))
+            else:
+                self.data_val = val
+            if len(val) == 0:
+                log.warning("%s/%s: the validation split is empty", self.source, self.target)
+        if stage in ("test", "predict") and self.data_test is None:
+            self.data_test = self._dataset("test", self.eval_transform)
+
+    @property
+    def _any_dataset(self) -> DenseDataset:
+        for dataset in (self.data_train, self._val_full, self.data_test):
+            if dataset is not None:
+                return dataset
+        raise RuntimeError("DownstreamDataModule: call setup() first (or describe() for the classes)")
+
+    @property
+    def num_classes(self) -> int | None:
+        return self._any_dataset.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._any_dataset.class_names
+
+    # -- loaders ----------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.data_train is not None
+        # drop the last partial batch only when there is a full one (tiny debug datasets still train)
+        return self._loader(self.data_train, shuffle=True, drop_last=len(self.data_train) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        assert self.data_val is not None
+        if len(self.data_val) == 0:
+            return []  # Lightning skips validation without loaders
+        return self._loader(self.data_val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup("test")
+        assert self.data_test is not None
+        return self._loader(self.data_test, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    """``generate_pairs(task='depth', pairs=640)`` for a partial, the callable's name otherwise (for the log)."""
+    func = getattr(fn, "func", fn)
+    name = getattr(func, "__qualname__", repr(func))
+    keywords = getattr(fn, "keywords", None) or {}
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
