@@ -36,7 +36,8 @@ def test_every_experiment_composes_and_validates(compose_train, experiment):
         assert cfg.task.mask_ratio == cfg.masking.ratio
     else:  # downstream: the backbone is built at the task's image size
         sizes = OmegaConf.to_container(cfg, resolve=True)
-        assert as_hw(sizes["model"]["img_size"]) == as_hw(sizes["data"]["img_size"])
+        data_size = sizes["data"].get("img_size", sizes["data"].get("crop_size"))  # monocular | binocular
+        assert as_hw(sizes["model"]["img_size"]) == as_hw(data_size)
     assert cfg.run_name == experiment  # stable run name = the experiment
     assert cfg.paths.ckpt_dir.endswith(f"runs/{experiment}/checkpoints")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

@@ -215,22 +215,24 @@ def read_any_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     return read_official_checkpoint(path)
 
 
-def load_backbone(net: torch.nn.Module, path: str | os.PathLike) -> str:
+def load_backbone(net: torch.nn.Module, path: str | os.PathLike, with_head: bool = False) -> str:
     """Initialise the backbone of a downstream network (``croco.models.downstream``) from ``path``.
 
     Parts the network does not have are dropped: the mask token and the pixel prediction head always, any
     ``head.*`` of a fine-tuned file, and the decoder when ``net`` has none. Every other key must match: a
     missing, unexpected or differently shaped key is a one-line :class:`CheckpointError` (never a silent
     ``strict=False``), which names the architecture arguments that differ. Cosine positions stored at another
-    grid are resampled bicubically (the official ``interpolate_pos_embed``). Returns a one-line summary."""
+    grid are resampled bicubically (the official ``interpolate_pos_embed``). ``with_head``: also load ``head.*``
+    (continuing from a fine-tuned file such as CroCo-Stereo: the heads must then match too). Returns a one-line
+    summary."""
     path = Path(path)
     kwargs, state = read_any_checkpoint(path)
     keep_decoder = hasattr(net, "dec_blocks")
-    dropped = [k for k in state if k.startswith(PRETRAINING_ONLY_KEYS + ("head.",))
-               or (not keep_decoder and k.startswith(DECODER_KEYS))]  # fmt: skip
+    unused = PRETRAINING_ONLY_KEYS if with_head else PRETRAINING_ONLY_KEYS + ("head.",)
+    dropped = [k for k in state if k.startswith(unused) or (not keep_decoder and k.startswith(DECODER_KEYS))]
     state = {k: v for k, v in state.items() if k not in set(dropped)}
     interpolate_pos_embed(net, state)
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    own = {k: v for k, v in net.state_dict().items() if with_head or not k.startswith("head.")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state
@@ -243,7 +245,9 @@ def load_backbone(net: torch.nn.Module, path: str | os.PathLike) -> str:
         differ = [f"{k}={kwargs.get(k, defaults[k])!r} (model: {mine.get(k)!r})" for k in ARCHITECTURE_KEYS
                   if k in mine and kwargs.get(k, defaults[k]) != mine[k]]  # fmt: skip
         hint = f"; the checkpoint has {', '.join(differ)}: choose the model preset that matches" if differ else ""
-        raise CheckpointError(f"{path}: backbone weights do not fit the model: {'; '.join(problems)}{hint}")
+        what = "weights" if with_head else "backbone weights"
+        raise CheckpointError(f"{path}: {what} do not fit the model: {'; '.join(problems)}{hint}")
     net.load_state_dict({**net.state_dict(), **state}, strict=True)
-    return f"initialised {len(state)} backbone tensors from {path} (dropped {len(dropped)} unused: " \
+    what = "network" if with_head else "backbone"
+    return f"initialised {len(state)} {what} tensors from {path} (dropped {len(dropped)} unused: " \
         f"{', '.join(sorted({k.split('.')[0] for k in dropped})) or 'none'})"

@@ -140,7 +140,7 @@ def check_pretraining(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ downstream
-FINETUNE_DEFAULTS: dict[str, Any] = {"init": "scratch", "freeze": None, "drop_path": 0.0}
+FINETUNE_DEFAULTS: dict[str, Any] = {"init": "scratch", "init_head": False, "freeze": None, "drop_path": 0.0}
 """Keys of ``conf/finetune/*.yaml``."""
 
 
@@ -160,6 +160,8 @@ def finetune_settings(values: Mapping[str, Any] | None) -> dict[str, Any]:
     if not (freeze_value is None or freeze_value == "backbone" or
             (isinstance(freeze_value, int) and not isinstance(freeze_value, bool) and freeze_value >= 0)):  # fmt: skip
         raise ValueError(f"finetune.freeze={freeze_value!r}: expected null, backbone or a number of encoder blocks")
+    if not isinstance(out["init_head"], bool):
+        raise ValueError(f"finetune.init_head={out['init_head']!r}: expected true or false")  # noqa: TRY004
     rate = out["drop_path"]
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
         raise ValueError(f"finetune.drop_path={rate!r}: expected a rate in [0, 1)")
@@ -180,11 +182,14 @@ def check_finetune(cfg: DictConfig) -> None:
 
 
 def _check_target(expected: str) -> Check:
+    """The data give the task's ground truth; ``expected`` "kind" means the task's own ``kind`` key."""
+
     def check(cfg: DictConfig) -> None:
+        wanted = _get(cfg, "task.kind") if expected == "kind" else expected
         target = _get(cfg, "data.target")
-        if target != expected:
+        if target != wanted:
             raise ConfigError(f"data.target={target!r}: the task {_get(cfg, 'task._target_')} needs "
-                              f"data.target={expected} (a downstream data config, e.g. data=dense_synthetic)")  # fmt: skip
+                              f"data.target={wanted} (a downstream data config, e.g. data=dense_synthetic)")  # fmt: skip
 
     return check
 
@@ -194,6 +199,8 @@ TASK_CHECKS: dict[str, tuple[Check, ...]] = {
     "croco.tasks.depth.DepthTask": (check_finetune, _check_target("depth")),
     "croco.tasks.segmentation.SegmentationTask": (check_finetune, _check_target("segmentation")),
     "croco.tasks.classification.ClassificationTask": (check_finetune, _check_target("classification")),
+    "croco.tasks.stereoflow.StereoFlowTask": (check_finetune, _check_target("kind")),
+    "croco.tasks.pose.PoseTask": (check_finetune, _check_target("pose")),
 }
 """The checks of each task, by the ``task._target_`` that selects it (``conf/task/``)."""
 

@@ -6,9 +6,12 @@ with ``weights_only``); the data come from the run's own data config, with ``dat
 ``baseline=true`` those of the trivial predictor on the same samples) and ``panel.png`` (input, prediction, truth)
 into ``out_dir``.
 
-Baselines, computed from one pass over the training split: depth, the training mean depth everywhere;
+Baselines. Monocular tasks, from one pass over the training split: depth, the training mean depth everywhere;
 segmentation, the training class frequencies as constant logits (the majority class everywhere);
-classification, the training label frequencies as constant logits (top-1: the majority label).
+classification, the training label frequencies as constant logits (top-1: the majority label). Binocular tasks,
+on the evaluation samples themselves (so the constant is the best one in hindsight): stereo, the median valid
+disparity everywhere (the constant with the lowest mean absolute error); flow, zero flow; pose, the identity
+rotation and the mean translation direction.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from croco.data.dense import IGNORE_INDEX
 from croco.eval.dense import ClassificationMetrics, DepthMetrics, SegmentationMetrics
+from croco.eval.stereoflow import FlowMetrics, PoseMetrics, StereoMetrics
 from croco.models.checkpoints import CheckpointError, load_strict, load_weights_only, uncompiled_state
 from croco.tasks.finetune import FinetuneTask
 from croco.utils.files import atomic_output
@@ -40,6 +44,8 @@ DOWNSTREAM_TASKS = {
     "croco.tasks.depth.DepthTask": "depth",
     "croco.tasks.segmentation.SegmentationTask": "segmentation",
     "croco.tasks.classification.ClassificationTask": "classification",
+    "croco.tasks.stereoflow.StereoFlowTask": "stereoflow",  # the task's ``kind`` says which
+    "croco.tasks.pose.PoseTask": "pose",
 }
 """Tasks ``eval.py`` can rebuild, by the ``task._target_`` stored in the checkpoint, and their data target."""
 
@@ -82,8 +88,36 @@ def _constant_predictor(kind: str, loader: Any, num_classes: int | None) -> torc
     return (counts / counts.sum().clamp_min(1)).float()
 
 
+def binocular_baseline(kind: str, eval_loader: Any) -> dict[str, float]:
+    """Metrics of the best constant predictor in hindsight (module docstring) on ``eval_loader``."""
+    batches = list(tqdm(eval_loader, desc="baseline: evaluation samples", leave=False))
+    if kind == "pose":
+        rotations = torch.cat([b["rotation"] for b in batches]).float()
+        directions = torch.cat([b["translation"] for b in batches]).float()
+        mean = torch.nn.functional.normalize(directions.mean(0), dim=0)
+        metrics: Any = PoseMetrics()
+        metrics.update(torch.eye(3).expand_as(rotations), mean.expand_as(directions), rotations, directions)
+        return {k: float(v) for k, v in metrics.compute().items()}
+    key = "disparity" if kind == "stereo" else "flow"
+    if kind == "stereo":
+        values = torch.cat([b[key][torch.isfinite(b[key])].float() for b in batches])
+        constant = float(values.median()) if values.numel() else 0.0
+        metrics = StereoMetrics()
+    else:
+        constant = 0.0
+        metrics = FlowMetrics()
+    for batch in batches:
+        gt = batch[key].float()
+        metrics.update(torch.full_like(gt, constant).nan_to_num(0.0, 0.0, 0.0), gt)
+    out = {k: float(v) for k, v in metrics.compute().items()}
+    out["constant"] = constant
+    return out
+
+
 def baseline_metrics(kind: str, task: FinetuneTask, train_loader: Any, eval_loader: Any) -> dict[str, float]:
     """Metrics of the constant predictor (module docstring) on ``eval_loader``, with the task's own metrics."""
+    if kind in ("stereo", "flow", "pose"):
+        return binocular_baseline(kind, eval_loader)
     num_classes = getattr(task, "num_classes", None)
     constant = _constant_predictor(kind, train_loader, num_classes)
     if kind == "depth":
@@ -121,6 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation ``cfg`` (``conf/eval.yaml``) describes; returns what ``metrics.json`` holds."""
     task, run_cfg = load_task(cfg.ckpt)
     kind = DOWNSTREAM_TASKS[run_cfg["task"]["_target_"]]
+    if kind == "stereoflow":
+        kind = task.kind
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.get("data") or {}).items() if v is not None}
     data_cfg = OmegaConf.merge(OmegaConf.create(run_cfg["data"]), overrides)
     datamodule = instantiate(data_cfg)
@@ -139,8 +175,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }  # fmt: skip
     eval_loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     if cfg.baseline:
-        datamodule.setup("fit")
-        out["baseline"] = baseline_metrics(kind, task, datamodule.train_dataloader(), eval_loader)
+        train_loader = None
+        if kind in ("depth", "segmentation", "classification"):
+            datamodule.setup("fit")
+            train_loader = datamodule.train_dataloader()
+        out["baseline"] = baseline_metrics(kind, task, train_loader, eval_loader)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / "metrics.json") as tmp:

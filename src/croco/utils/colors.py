@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import torch
 
-__all__ = ["colorize", "colorize_labels", "label_palette"]
+__all__ = ["colorize", "colorize_labels", "flow_to_color", "label_palette"]
 
 INVALID_RGB = (0.0, 0.0, 0.0)
 """Colour of pixels without a value (no ground truth, ignored labels)."""
@@ -64,3 +64,43 @@ def colorize_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | 
         bad |= labels == ignore_index
     index[bad] = num_classes
     return palette[index].permute(0, 3, 1, 2)
+
+
+def _colour_wheel() -> torch.Tensor:
+    """The Middlebury flow colour wheel (Baker et al., IJCV 2011): 55 hues, red -> yellow -> green -> cyan ->
+    blue -> magenta -> red, as (55, 3) in [0, 1]."""
+    segments = [(15, (1, 0, 0), (1, 1, 0)), (6, (1, 1, 0), (0, 1, 0)), (4, (0, 1, 0), (0, 1, 1)),
+                (11, (0, 1, 1), (0, 0, 1)), (13, (0, 0, 1), (1, 0, 1)), (6, (1, 0, 1), (1, 0, 0))]  # fmt: skip
+    rows = []
+    for count, start, end in segments:
+        t = torch.arange(count, dtype=torch.float32)[:, None] / count
+        rows.append(torch.tensor(start) * (1 - t) + torch.tensor(end) * t)
+    return torch.cat(rows)
+
+
+def flow_to_color(flow: torch.Tensor, max_norm: torch.Tensor | float | None = None) -> torch.Tensor:
+    """(B, 2, H, W) optical flow -> (B, 3, H, W) RGB in the Middlebury colour coding: the hue is the direction,
+    the saturation the magnitude relative to ``max_norm`` (default: each image's largest valid magnitude); pixels
+    without a finite flow are black."""
+    flow = flow.detach().float().cpu()
+    valid = torch.isfinite(flow).all(dim=1)
+    u, v = flow[:, 0].nan_to_num(0, 0, 0), flow[:, 1].nan_to_num(0, 0, 0)
+    u, v = torch.where(valid, u, 0.0), torch.where(valid, v, 0.0)
+    norm = torch.sqrt(u**2 + v**2)
+    B = flow.shape[0]
+    if max_norm is None:
+        peak = torch.stack([norm[i][valid[i]].max() if valid[i].any() else torch.tensor(1.0) for i in range(B)])
+    else:
+        peak = torch.as_tensor(max_norm, dtype=torch.float32).expand(B).clone()
+    radius = (norm / peak.clamp_min(1e-8).view(B, 1, 1)).clamp(max=1.0)
+    wheel = _colour_wheel()
+    n = wheel.shape[0]
+    angle = torch.atan2(-v, -u) / torch.pi  # in [-1, 1]
+    position = (angle + 1) / 2 * (n - 1)
+    k0 = position.floor().long() % n
+    k1 = (k0 + 1) % n
+    f = (position - position.floor())[..., None]
+    colour = wheel[k0] * (1 - f) + wheel[k1] * f  # (B, H, W, 3)
+    colour = 1 - radius[..., None] * (1 - colour)  # white at rest, saturated at max_norm
+    colour[~valid] = torch.tensor(INVALID_RGB)
+    return colour.permute(0, 3, 1, 2)
