@@ -171,9 +171,13 @@ class BaseTask(pl.LightningModule):
         """Stop on a non-finite loss (as the official trainer does); log the loss averaged over ranks, the lr
         and the fractional epoch (the schedule's x-axis, comparable across batch sizes)."""
         if not torch.isfinite(loss):
+            for logger in self.loggers:  # the crashed launch's metrics end with the step that diverged
+                logger.log_metrics({"train/loss": float(loss.detach())}, step=self.global_step)
+                logger.save()
+            lr_key = "optim.lr" if self.recipe.lr is not None else "optim.blr"
             raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}; "
-                "lower optim.blr or set optim.clip_grad"
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}; lower {lr_key} "
+                f"(now {self.recipe.lr if self.recipe.lr is not None else self.recipe.blr:g}) or set optim.clip_grad"
             )
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size,
                  sync_dist=True)  # fmt: skip

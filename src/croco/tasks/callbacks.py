@@ -3,9 +3,11 @@ exactly and are never half-written, and the export of the official ``.pth`` at t
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from croco.utils.hardware import memory_in_use_bytes, memory_label
 __all__ = [
     "AtomicCheckpointIO",
     "ExportOfficialCheckpoint",
+    "NonFiniteCheckpointError",
     "Panels",
     "RunCheckpoint",
     "ThroughputMonitor",
@@ -229,21 +232,61 @@ class RunCheckpoint(ModelCheckpoint):
         return None
 
 
+class NonFiniteCheckpointError(FloatingPointError):
+    """The weights or the optimizer state hold NaN or inf: the checkpoint is not written."""
+
+
+def first_non_finite(tree: Any, where: str = "") -> str | None:
+    """The key path of the first floating tensor with a NaN or inf in a checkpoint dict, or None."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            return where or "<tensor>"
+        return None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+MIN_FREE_BYTES = 64 << 20
+"""Less free space than this after a failed write: the failure is reported as a full disk."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints to ``.<name>.tmp-<pid>`` in the target folder, fsyncs, then ``os.replace``s.
 
     Lightning's default goes through an fsspec transaction whose temporary file lives in the system temp
-    folder and is *moved* (copied across file systems) into place, so a crash can leave a truncated file."""
+    folder and is *moved* (copied across file systems) into place, so a crash can leave a truncated file.
+
+    Never writes a checkpoint whose weights or optimizer state are not finite (a diverged run would otherwise
+    resume from NaNs): it raises :class:`NonFiniteCheckpointError` and the previous file stays. A write that fails
+    on a full disk says so (``OSError`` ENOSPC naming the folder); the previous file stays and the temporary one is
+    removed."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        bad = first_non_finite({k: checkpoint[k] for k in ("state_dict", "optimizer_states") if k in checkpoint})
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"{path}: not written: {bad} is not finite (the run diverged at global step "
+                f"{checkpoint.get('global_step', '?')}); the previous checkpoint is kept"
+            )
         if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_output(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_output(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as error:  # torch reports a full disk as "file write failed"
+            folder = Path(path).parent
+            if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+                raise OSError(errno.ENOSPC, f"no space left on {folder} while writing {Path(path).name}; the "
+                              "previous checkpoint is kept") from None  # fmt: skip
+            raise
         return None
 
 

@@ -14,6 +14,8 @@ an uninterrupted one (tests/test_train.py).
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 import croco.utils.resolvers  # noqa: F401 - registers the croco.* resolvers
 from croco.tasks.checks import validate_train_config
 from croco.utils.config import ConfigError
+from croco.utils.files import remove_stale_temporaries
 from croco.utils.instantiate import instantiate
+from croco.utils.locks import FolderLock
 from croco.utils.logging import (
     build_callbacks,
     build_loggers,
@@ -34,7 +38,7 @@ from croco.utils.logging import (
     route_lightning_logs_to_root,
 )
 
-__all__ = ["build_trainer", "resolve_resume_checkpoint", "train"]
+__all__ = ["build_trainer", "check_resume_checkpoint", "resolve_resume_checkpoint", "train"]
 
 log = get_logger(__name__)
 
@@ -63,6 +67,35 @@ def resolve_resume_checkpoint(ckpt_path: str | None, ckpt_dir: str | Path, hpc_d
     return str(newest)
 
 
+def check_resume_checkpoint(path: str, cfg: DictConfig) -> None:
+    """A checkpoint to resume from is a complete file of the same network: a truncated file (a full disk, a
+    copy cut short) or another architecture is a one-line ``ConfigError`` that says how to start fresh. Cheap:
+    the zip directory and the hyper-parameters only (tensors are memory-mapped, not read)."""
+    fresh = "start fresh with ckpt_path=null (or delete it, or choose another run_name)"
+    try:
+        with zipfile.ZipFile(path):
+            pass
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as error:
+        raise ConfigError(f"{path}: truncated or not a checkpoint ({type(error).__name__}); {fresh}") from None
+    except Exception as error:  # noqa: BLE001 - a refused pickle or any other unreadable content
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: cannot be read as a checkpoint ({first[:160]}); {fresh}") from None
+    stored = (ckpt.get("hyper_parameters") or {}).get("model") if isinstance(ckpt, dict) else None
+    wanted = OmegaConf.to_container(cfg.task.model, resolve=True) if "model" in cfg.task else None
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        differ = [f"{k}={stored.get(k)!r} (config: {wanted.get(k)!r})" for k in sorted(set(stored) | set(wanted))
+                  if k != "img_size" and stored.get(k) != wanted.get(k)]  # fmt: skip
+        if differ:
+            raise ConfigError(f"{path}: written by another network: {', '.join(differ)}; resume with the same "
+                              f"model or {fresh}")  # fmt: skip
+
+
+def _is_main_launch_process() -> bool:
+    """The process that owns the run folder: not a DDP rank re-launched by Lightning or started by SLURM."""
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False)
 
@@ -84,7 +117,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls, as the official code enables
 
+    for folder in (cfg.paths.ckpt_dir, cfg.paths.run_dir):  # what killed writers left behind
+        for path in remove_stale_temporaries(folder):
+            log.info("removed %s (temporary file of a process that no longer runs)", path)
+    lock = FolderLock(cfg.paths.run_dir, f"training run {cfg.run_name}") if _is_main_launch_process() else None
+    if lock is not None:
+        lock.acquire()  # one launch per run folder: two would resume from and write the same checkpoints
+    try:
+        return _fit(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.ckpt_dir, cfg.paths.run_dir)
+    if ckpt_path is not None:
+        check_resume_checkpoint(ckpt_path, cfg)
     datamodule = instantiate(cfg.data)
     task = instantiate(cfg.task)
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
