@@ -176,3 +176,20 @@ def test_drop_path_is_a_linear_ramp_and_off_in_eval(tiny_kwargs):
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(img), before)
         assert not torch.allclose(model.train()(img), before)
+
+
+def test_a_crocostereo_file_initialises_backbone_and_head_strictly(tmp_path, tiny_kwargs):
+    """The official CroCo-Stereo / CroCo-Flow layout: ``{"model", "args": Namespace(croco_args=...)}``."""
+    import argparse
+
+    stereo = CroCoDownstreamBinocular(PixelwiseTaskWithDPT(num_channels=2), **tiny_kwargs)
+    args = argparse.Namespace(croco_args=tiny_kwargs, task="stereo", crop=[64, 64])
+    torch.save({"model": stereo.state_dict(), "args": args, "epoch": 31}, tmp_path / "crocostereo.pth")
+    fresh = CroCoDownstreamBinocular(PixelwiseTaskWithDPT(num_channels=2), **tiny_kwargs)
+    assert "network tensors" in load_backbone(fresh, tmp_path / "crocostereo.pth", with_head=True)
+    for key, value in stereo.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    flow = CroCoDownstreamBinocular(PixelwiseTaskWithDPT(num_channels=3), **tiny_kwargs)
+    with pytest.raises(CheckpointError, match=r"shape mismatch .*head.dpt.head.4"):
+        load_backbone(flow, tmp_path / "crocostereo.pth", with_head=True)
+    load_backbone(flow, tmp_path / "crocostereo.pth")  # the backbone alone fits a flow network
