@@ -4,10 +4,17 @@
     python generate.py source=synthetic task=flow out=data/synthetic_flow pairs=2000 workers=2
 
 Everything happens in ``croco.synth.pipeline.generate_pairs``; options are documented in conf/generate.yaml.
+
+Failures are one line on stderr, ``error: ...``, naming the path or key and what to do, with exit code 2: a
+wrong ``out`` (an existing file), an existing shard made with other settings, an output folder that another
+generation holds, a full disk. Ctrl-C exits with 130 after removing the temporary files and says how many
+finished shards were kept; the same command resumes. ``CROCO_DEBUG=1`` shows the full traceback instead (as in
+train.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -56,15 +63,45 @@ def generate_kwargs(cfg: DictConfig) -> dict:
     return kwargs
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message; unexpected error types keep their name (they are bugs)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    # OSError: files and the full disk; RuntimeError: the folder lock, a scene source that gives no pair
+    expected = (ValueError, OSError, ImportError, RuntimeError)
+    return text if isinstance(error, expected) and text else f"{type(error).__name__}: {text or 'no message'}"
+
+
+def run(cfg: DictConfig) -> int:
+    """Generate as ``cfg`` says; returns the exit code after printing a failure as one line on stderr."""
     from croco.synth.pipeline import generate_pairs
 
+    debug = os.environ.get("CROCO_DEBUG") == "1"
     try:
         generate_pairs(**generate_kwargs(cfg))
-    except (ValueError, ImportError, FileNotFoundError) as error:  # one line, not a stack trace
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except KeyboardInterrupt as error:
+        if debug:
+            raise
+        print(f"error: {str(error) or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # one line, not a stack trace (CROCO_DEBUG=1 shows it)
+        if debug:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    if os.environ.get("CROCO_DEBUG") == "1":
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra would otherwise trim the traceback it prints
+    code = run(cfg)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ folder, then measures, single-threaded (= one DataLoader worker core), in pairs 
 
 * ``pil_baseline``  the official-style pipeline: PIL decode, PIL random crop, torchvision ColorJitter on PIL
   images, ToTensor, Normalize (what a plain PIL pipeline does per pair);
-* ``read``          fetching the two encoded images from the shard;
+* ``read``          fetching the two encoded images from the shard (their CRC32 checked, as training does);
 * ``decode_pil`` / ``decode_tv`` / ``decode_sj``   read + decode with PIL, torchvision or simplejpeg (the
   last two use libjpeg-turbo; the training path uses the fastest available, see shards.decode_image_tensor);
+* ``read_unverified`` / ``decode_sj_unverified``   ``read`` and ``decode_sj`` without the checksum check, each
+  timed in windows alternating with its checked twin so that load changes hit both alike: the difference is
+  the cost of the check (printed as a percentage);
 * ``worker``        the DataLoader worker path of PairDataModule: read + decode + independent crops + jitter
   parameters + collation into uint8 batches;
 * ``jitter_cpu``    the batched colour jitter + normalisation (``finish_batch``) on the CPU, single thread
@@ -50,6 +53,8 @@ COLUMNS = {
     "decode_pil": "read+decode PIL",
     "decode_tv": "read+decode torchvision",
     "decode_sj": "read+decode simplejpeg",
+    "read_unverified": "read, no checksum",
+    "decode_sj_unverified": "read+decode simplejpeg, no checksum",
     "worker": "worker: read+decode+crop",
     "jitter_cpu": "jitter+normalise on CPU (batched)",
     "worker+jitter_cpu": "worker + CPU jitter",
@@ -114,6 +119,18 @@ def rate(step: Callable[[int], int], seconds: float, repeats: int = 3) -> float:
     return best
 
 
+def paired_rates(
+    first: Callable[[int], int], second: Callable[[int], int], seconds: float, window: float = 0.1
+) -> tuple[float, float]:
+    """``rate`` of two steps in short alternating windows (``seconds`` in all), the best window of each: a
+    change of the machine's load then hits both alike, which matters when they differ by a few percent."""
+    best = [0.0, 0.0]
+    for _ in range(max(3, round(seconds / (2 * window)))):
+        for k, step in enumerate((first, second)):
+            best[k] = max(best[k], rate(step, window, repeats=1))
+    return best[0], best[1]
+
+
 def bench_single_core(folder: Path, seconds: float, batch_size: int) -> dict[str, float]:
     from PIL import Image
     from torchvision import transforms as T
@@ -124,10 +141,16 @@ def bench_single_core(folder: Path, seconds: float, batch_size: int) -> dict[str
     torch.set_num_threads(1)
     readers = [ShardReader(p) for p in sorted(folder.glob("*.h5"))]
     locations = [(r, i) for r in readers for i in range(len(r))]
+    unverified = [ShardReader(p, verify_checksums=False) for p in sorted(folder.glob("*.h5"))]
+    unverified_locations = [(r, i) for r in unverified for i in range(len(r))]
     results: dict[str, float] = {}
 
     def encoded(i: int) -> tuple[bytes, bytes]:
         reader, row = locations[i % len(locations)]
+        return reader.encoded_images(row)
+
+    def encoded_unverified(i: int) -> tuple[bytes, bytes]:
+        reader, row = unverified_locations[i % len(unverified_locations)]
         return reader.encoded_images(row)
 
     official = T.Compose(
@@ -162,6 +185,11 @@ def bench_single_core(folder: Path, seconds: float, batch_size: int) -> dict[str
             sj_decode(data, colorspace="RGB")
         return 1
 
+    def decode_sj_unverified(i: int) -> int:
+        for data in encoded_unverified(i):
+            sj_decode(data, colorspace="RGB")
+        return 1
+
     module = PairDataModule(
         [folder],
         img_size=224,
@@ -187,13 +215,29 @@ def bench_single_core(folder: Path, seconds: float, batch_size: int) -> dict[str
     results["worker+jitter_cpu"] = 1.0 / (1.0 / results["worker"] + 1.0 / results["jitter_cpu"])
     # the references, after the pipeline itself (measured first, on a fresh process heap)
     results["pil_baseline"] = rate(pil_baseline, seconds)
-    results["read"] = rate(lambda i: (encoded(i), 1)[1], seconds)
+    results["read"], results["read_unverified"] = paired_rates(
+        lambda i: (encoded(i), 1)[1], lambda i: (encoded_unverified(i), 1)[1], seconds
+    )
     results["decode_pil"] = rate(decode_pil, seconds)
     if tv_decode is not None:
         results["decode_tv"] = rate(decode_tv, seconds)
     if sj_decode is not None:
-        results["decode_sj"] = rate(decode_sj, seconds)
+        results["decode_sj"], results["decode_sj_unverified"] = paired_rates(
+            decode_sj, decode_sj_unverified, 2 * seconds
+        )
     return results
+
+
+def checksum_cost(results: dict[str, float]) -> str:
+    """The CRC32 check's share of read + decode time, from the paired measurements ("" without them)."""
+    if "decode_sj" not in results:
+        return ""
+    checked, unchecked = 1.0 / results["decode_sj"], 1.0 / results["decode_sj_unverified"]
+    per_pair = 1.0 / results["read"] - 1.0 / results["read_unverified"]
+    return (
+        f"checksum check: {100 * (checked - unchecked) / unchecked:+.1f} % of read+decode simplejpeg time "
+        f"(reads alone: {per_pair * 1e6:.1f} us per pair)"
+    )
 
 
 def bench_dataloader(folder: Path, workers: int, batches: int, batch_size: int) -> float:
@@ -248,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, title in COLUMNS.items():
         if name in results:
             print(f"{title:>36}: {results[name]:8.0f} {UNIT}")
+    if cost := checksum_cost(results):
+        print(cost)
     cells = {name: f"{value:.0f}" for name, value in results.items()}
     if "dataloader" in cells:
         cells["dataloader"] += f" ({args.workers} workers)"

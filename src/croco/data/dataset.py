@@ -2,9 +2,10 @@
 
 Workers fetch whole batches (``PairDataset.__getitems__``): read, decode and crop in uint8, crops copied
 straight into shared-memory batch tensors; colour jitter and normalisation run later, batched on the training
-device (``croco.data.transforms.finish_batch``). Corrupt images inside healthy shards are skipped and replaced
-by another pair, marked in a bitmap shared by all workers (``bad_pairs``), logged with file and index, and turn
-into an error once more than ``max_bad_fraction`` of a split is bad.
+device (``croco.data.transforms.finish_batch``). Corrupt images inside healthy shards (undecodable, cut off,
+or not matching their stored checksum: ``ShardReader.encoded_images``) are skipped and replaced by another
+pair, marked in a bitmap shared by all workers (``bad_pairs``), logged with file and index, and turn into an
+error once more than ``max_bad_fraction`` of a split is bad.
 """
 
 from __future__ import annotations

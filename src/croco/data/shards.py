@@ -9,15 +9,22 @@ Writing goes to ``<path>.tmp-<pid>`` and is renamed onto ``<path>`` only when th
 interrupted generation never leaves a half shard that a reader would pick up (``list_shards`` only sees
 ``*.h5``). Readers validate the schema on construction, then keep only the path and the small index: the
 HDF5 handle is opened on first read in each process, which makes readers safe to pickle into DataLoader workers.
+
+Every encoded image carries a CRC32 (schema version 2), checked on each read, so that bytes changed on disk
+after writing (bit rot, a bad copy) become a counted ``CorruptPairError`` instead of silently different
+pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import io
 import json
 import os
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,8 +37,11 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-SCHEMA_VERSION: int = 1
-"""Bumped whenever the meaning or layout of an existing field changes; adding a new optional field does not."""
+SCHEMA_VERSION: int = 2
+"""Bumped whenever the meaning or layout of an existing field changes; adding a new optional field does not.
+2: the required per-image checksums ``image_crc32`` (docs/data-format.md, 'Versioning')."""
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""Versions this code reads; version-1 shards have no checksums, so their images are not verified."""
 
 FORMAT_NAME = "croco-pairs"
 IMAGE_FORMATS = ("jpeg", "png")
@@ -42,6 +52,7 @@ IMAGE_BLOB = (
     "images"  # both encoded images of every pair, concatenated: image1 of pair 0, image2 of pair 0, ...
 )
 IMAGE_OFFSETS = "image_offsets"  # (N, 3) int64 byte offsets: image1 = [o0, o1), image2 = [o1, o2)
+IMAGE_CRC32 = "image_crc32"  # (N, 2) uint32 zlib.crc32 of the encoded image1 / image2 bytes (schema >= 2)
 CAMERA_FIELDS = ("K1", "K2", "pose1", "pose2")
 SCALAR_FIELDS = ("covis12", "covis21", "overlap")
 DEPTH_FIELDS = ("depth1", "depth2")
@@ -71,6 +82,24 @@ class ShardError(ValueError):
 
 class CorruptPairError(ShardError):
     """One pair inside an otherwise healthy shard cannot be decoded (names the file and the pair index)."""
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while writing (errno ENOSPC); one line naming the path. The writer has already
+    removed its temporary files, so finished shards stay as they are and nothing half-written is left."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC  # set after __init__ so that str() stays the one-line message
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether ``error`` means the disk is full: errno ENOSPC from Python, or HDF5's text (h5py reports its
+    write failures as an ``OSError`` without errno, the C errno only inside the message)."""
+    if not isinstance(error, OSError):
+        return False
+    text = str(error)
+    return error.errno == errno.ENOSPC or "errno = 28," in text or "No space left on device" in text
 
 
 @dataclass
@@ -270,28 +299,35 @@ class ShardWriter:
         self.jpeg_quality = int(jpeg_quality)
         self.compression = compression
         self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: h5py.File | None = h5py.File(self.tmp_path, "w")
+        # Encoded images are staged in a side file and copied into one *contiguous* dataset on close, which
+        # lets readers fetch a pair's bytes with a single pread (see ShardReader.encoded_images).
+        self._blob_path = self.tmp_path.with_name(self.tmp_path.name + ".images")
+        self._file: h5py.File | None = None
+        self._blob: io.BufferedWriter | None = None
         self._count = 0
         self._optional: tuple[str, ...] | None = None  # fixed by the first record
         self._shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         self._meta: dict[str, list] = {name: [] for name in CAMERA_FIELDS + ("covis12", "covis21", "scene")}
-        file_attrs = self._file.attrs
-        file_attrs["format"] = FORMAT_NAME
-        file_attrs["schema_version"] = SCHEMA_VERSION
-        file_attrs["source"] = str(source)
-        file_attrs["resolution"] = np.asarray(self.resolution, dtype=np.int64)
-        if fov_deg is not None:
-            file_attrs["fov_deg"] = float(fov_deg)
-        file_attrs["image_format"] = image_format
-        file_attrs["jpeg_quality"] = self.jpeg_quality
-        self.update_attrs(attrs or {})
-        # Encoded images are staged in a side file and copied into one *contiguous* dataset on close, which
-        # lets readers fetch a pair's bytes with a single pread (see ShardReader.encoded_images).
-        self._blob_path = self.tmp_path.with_name(self.tmp_path.name + ".images")
-        self._blob = open(self._blob_path, "wb")  # noqa: SIM115 (closed in close/abort)
         self._offsets: list[tuple[int, int, int]] = []
+        self._crc32: list[tuple[int, int]] = []
         self._blob_size = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = h5py.File(self.tmp_path, "w")
+            file_attrs = self._file.attrs
+            file_attrs["format"] = FORMAT_NAME
+            file_attrs["schema_version"] = SCHEMA_VERSION
+            file_attrs["source"] = str(source)
+            file_attrs["resolution"] = np.asarray(self.resolution, dtype=np.int64)
+            if fov_deg is not None:
+                file_attrs["fov_deg"] = float(fov_deg)
+            file_attrs["image_format"] = image_format
+            file_attrs["jpeg_quality"] = self.jpeg_quality
+            self.update_attrs(attrs or {})
+            self._blob = open(self._blob_path, "wb")  # noqa: SIM115 (closed in close/abort)
+        except BaseException as error:  # no `with` block owns the files yet: clean up here
+            self._fail_write(error)
+            raise
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         """Add or replace free-form file attributes (e.g. statistics known only at the end of a shard).
@@ -315,6 +351,16 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+    def _fail_write(self, error: BaseException) -> None:
+        """Abort after a failed write; a full disk becomes a one-line ``NoSpaceError`` (raised from here),
+        anything else is left for the caller to re-raise."""
+        self.abort()
+        if is_no_space(error):
+            raise NoSpaceError(
+                f"no space left on {self.path.parent} (while writing {self.path.name}; its temporary files "
+                "were removed): free some space and write it again"
+            ) from error
 
     def __len__(self) -> int:
         return self._count
@@ -411,14 +457,20 @@ class ShardWriter:
         encoded = [
             encode_image(getattr(record, n), self.image_format, self.jpeg_quality) for n in IMAGE_FIELDS
         ]
+        assert self._blob is not None
+        try:
+            for name, value in optional.items():
+                self._append_array(name, value)
+            self._blob.write(encoded[0])
+            self._blob.write(encoded[1])
+        except OSError as error:
+            self._fail_write(error)
+            raise
         self._optional = names
-        for name, value in optional.items():
-            self._append_array(name, value)
         start = self._blob_size
-        self._blob.write(encoded[0])
-        self._blob.write(encoded[1])
         self._blob_size += len(encoded[0]) + len(encoded[1])
         self._offsets.append((start, start + len(encoded[0]), self._blob_size))
+        self._crc32.append((zlib.crc32(encoded[0]), zlib.crc32(encoded[1])))
         for name, value in cameras.items():
             self._meta[name].append(value)
         self._meta["covis12"].append(float(record.covis12))
@@ -434,6 +486,7 @@ class ShardWriter:
             raise ValueError(f"{self.path}: writer was aborted, nothing was written")
         try:
             handle = self._file
+            assert self._blob is not None
             self._blob.close()
             images = handle.create_dataset(IMAGE_BLOB, shape=(self._blob_size,), dtype=np.uint8)
             with open(self._blob_path, "rb") as blob:
@@ -442,6 +495,8 @@ class ShardWriter:
                     images[begin : begin + len(chunk)] = chunk
             offsets = np.asarray(self._offsets, dtype=np.int64).reshape(self._count, 3)
             handle.create_dataset(IMAGE_OFFSETS, data=offsets)
+            checksums = np.asarray(self._crc32, dtype=np.uint32).reshape(self._count, 2)
+            handle.create_dataset(IMAGE_CRC32, data=checksums)
             for name in CAMERA_FIELDS:
                 shape = (self._count, 3, 3) if name.startswith("K") else (self._count, 4, 4)
                 data = np.asarray(self._meta[name], dtype=np.float64).reshape(shape)
@@ -462,21 +517,26 @@ class ShardWriter:
                 os.fsync(f.fileno())
             os.replace(self.tmp_path, self.path)
             self._blob_path.unlink(missing_ok=True)
-        except BaseException:
-            self.abort()
+        except BaseException as error:
+            self._fail_write(error)
             raise
         return self.path
 
     def abort(self) -> None:
-        """Drop everything written so far (used when the ``with`` block fails)."""
-        if self._file is not None:
-            try:
-                self._blob.close()
-                self._file.close()
-            finally:
-                self._file = None
-        self.tmp_path.unlink(missing_ok=True)
-        self._blob_path.unlink(missing_ok=True)
+        """Drop everything written so far (used when the ``with`` block fails).
+
+        Never raises: it runs while another error (often a full disk, where closing fails too) propagates, and
+        each step is tried on its own so that the HDF5 file is closed and both temporary files are removed
+        even when closing the image file fails."""
+        blob, handle = self._blob, self._file
+        self._blob = self._file = None
+        for resource in (blob, handle):
+            if resource is not None:
+                with contextlib.suppress(Exception):
+                    resource.close()
+        for path in (self.tmp_path, self._blob_path):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -512,12 +572,15 @@ class ShardReader:
     """Random access to the pairs of one shard.
 
     The constructor opens the file once to validate it (one-line ``ShardError`` naming the file otherwise) and
-    caches the small index (``overlap``, ``scene``, attributes); the HDF5 handle itself is opened lazily on the
-    first ``read`` in each process and is never pickled, so a reader can be handed to DataLoader workers.
+    caches the small index (``overlap``, ``scene``, checksums, attributes); the HDF5 handle itself is opened
+    lazily on the first ``read`` in each process and is never pickled, so a reader can be handed to DataLoader
+    workers. ``verify_checksums`` (default on) checks each image's CRC32 where the shard stores one (schema
+    version >= 2); turning it off only serves to measure its cost (``croco.bench.data``).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, verify_checksums: bool = True) -> None:
         self.path = Path(path)
+        self.verify_checksums = bool(verify_checksums)
         self._file: h5py.File | None = None
         self._fd: int | None = None
         self._pid: int | None = None
@@ -542,9 +605,10 @@ class ShardReader:
                 f"{self.path}: not a CroCo pair shard (attribute format={FORMAT_NAME!r} missing)"
             )
         version = raw["schema_version"]
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
             raise ShardError(
-                f"{self.path}: schema version {version}, this code reads version {SCHEMA_VERSION} "
+                f"{self.path}: schema version {version}, this code reads versions {readable} "
                 "(see docs/data-format.md, 'Versioning')"
             )
         if "pair_count" not in raw:
@@ -569,6 +633,16 @@ class ShardReader:
                 f"{self.path}: {IMAGE_OFFSETS!r} does not index the {blob.shape[0]}-byte image blob"
             )
         self._offsets = offsets
+        # version 1: no checksums, images are not verified. Python ints: indexing numpy per read costs ~1 us
+        self._crc32: list[tuple[int, int]] | None = None
+        if version >= 2:
+            if IMAGE_CRC32 not in handle or handle[IMAGE_CRC32].shape != (count, 2):
+                found = handle[IMAGE_CRC32].shape if IMAGE_CRC32 in handle else "missing"
+                raise ShardError(
+                    f"{self.path}: dataset {IMAGE_CRC32!r} must have shape ({count}, 2) in a "
+                    f"version-{version} shard, got {found}"
+                )
+            self._crc32 = [(int(a), int(b)) for a, b in handle[IMAGE_CRC32][()].astype(np.uint32).tolist()]
         # A contiguous, unfiltered blob can be read with os.pread at a fixed file offset, bypassing HDF5's
         # per-call overhead (6 us instead of ~45 us per pair); anything else is read through h5py.
         layout = blob.id.get_create_plist().get_layout()
@@ -652,7 +726,11 @@ class ShardReader:
         return index
 
     def encoded_images(self, i: int) -> tuple[bytes, bytes]:
-        """The stored (still encoded) bytes of image1 and image2 of pair ``i``."""
+        """The stored (still encoded) bytes of image1 and image2 of pair ``i``.
+
+        ``CorruptPairError`` when the bytes cannot be read or no longer match their stored CRC32 (a flipped
+        bit in a JPEG mostly decodes without any error, to wrong pixels). The check costs ~4.3 us per 17 KiB
+        image, 2-3 % of reading and decoding it (docs/data-format.md, "Guarantees and errors")."""
         index = self._check_index(i)
         start, middle, end = (int(v) for v in self._offsets[index])
         try:
@@ -664,7 +742,19 @@ class ShardReader:
                 data = self._dataset(IMAGE_BLOB)[start:end].tobytes()
         except OSError as error:
             raise CorruptPairError(f"{self.path}: pair {index}: cannot read images: {error}") from None
-        return data[: middle - start], data[middle - start :]
+        first, second = data[: middle - start], data[middle - start :]
+        if self._crc32 is not None and self.verify_checksums:
+            for name, image, stored in zip(IMAGE_FIELDS, (first, second), self._crc32[index]):
+                if (actual := zlib.crc32(image)) != stored:
+                    try:  # name the damage more precisely where the stream shows it (a cut-off copy)
+                        check_encoded_image(image)
+                    except ValueError as error:
+                        raise CorruptPairError(f"{self.path}: pair {index} {name}: {error}") from None
+                    raise CorruptPairError(
+                        f"{self.path}: pair {index} {name}: checksum mismatch (stored CRC32 {stored:08x}, "
+                        f"the bytes give {actual:08x}): the image changed on disk after writing"
+                    )
+        return first, second
 
     def decode(self, data: bytes, i: int, name: str, buffer: np.ndarray | None = None) -> torch.Tensor:
         """Decode one stored image of pair ``i`` to an (H, W, 3) uint8 tensor (see ``decode_image_tensor``).
@@ -745,4 +835,3 @@ def list_shards(folder: str | os.PathLike) -> list[Path]:
     if not shards:
         raise ShardError(f"{path}: no shards (*.h5) in folder")
     return shards
-

@@ -9,27 +9,38 @@ Determinism: scene ``i`` is built from ``(seed, i)`` and pair ``g`` draws from i
 pairs_per_shard``. So the output is identical however generation is split (``workers``,
 ``num_jobs``/``job_index``) or resumed (finished shards are kept after checking that they were made with the
 same settings).
+
+Faults (docs/data-format.md, "Guarantees and errors"): a generation locks its output folder (a cluster job
+only its own block of shards), so a second launch on the same folder stops at once instead of deleting the
+first one's files; temporary files are removed only when no running process owns them; a full disk and Ctrl-C
+stop with one line, leave the finished shards and no temporary file, and the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import os
+import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from croco.data.shards import ShardReader, ShardWriter
+from croco.data.shards import NoSpaceError, ShardError, ShardReader, ShardWriter, is_no_space
 from croco.synth.render import CpuRenderer, Renderer, SceneUnusable
 from croco.synth.sampler import GenerationStats, PairOptions, PairSampler, ViewPair, pair_record, pair_rng
 from croco.synth.scene import SURFACE_CLASSES
 from croco.synth.viewpoints import NavigableScene, SamplingRules
+from croco.utils.files import remove_stale_temporaries
+from croco.utils.locks import FolderLock, pid_alive
 
 RENDERERS = ("cpu", "habitat")
 PIXEL_CONVENTION = "pixel (row v, col u) has its centre at (u + 0.5, v + 0.5); K principal point W/2, H/2"
@@ -40,6 +51,10 @@ GENERATOR_VERSION = 2
 """Bumped when the same settings would produce different pairs (resume refuses to mix versions). 2: rooms with
 doors, windows, curved primitives and more furniture, aperiodic textures with a macro layer, the structure
 filter."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during generation, after the clean-up; the message counts the finished shards that were kept."""
 
 
 # --------------------------------------------------------------------------------------------- configuration
@@ -223,6 +238,9 @@ _PROGRESS = None  # multiprocessing.Value in pool workers
 def _init_worker(counter) -> None:
     global _PROGRESS
     _PROGRESS = counter
+    # Ctrl-C reaches the whole process group: the parent alone reports it and terminates the workers, instead
+    # of every worker printing its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pool_write_shard(job: ShardJob) -> tuple[str, dict[str, int]]:
@@ -235,7 +253,10 @@ def _pool_write_shard(job: ShardJob) -> tuple[str, dict[str, int]]:
 
 def _check_existing(path: Path, config: GeneratorConfig, job: ShardJob) -> None:
     """A finished shard is kept only if it was made with the same settings; otherwise a one-line error."""
-    reader = ShardReader(path)
+    try:
+        reader = ShardReader(path)
+    except ShardError as error:
+        raise ShardError(f"{error}; delete it and rerun to generate it again") from None
     expected = {**config.shard_attrs(), "shard_index": job.index, "first_pair": job.first_pair}
     expected["resolution"] = [config.resolution, config.resolution]
     expected["jpeg_quality"] = config.jpeg_quality  # a schema attribute, written by the ShardWriter
@@ -294,11 +315,20 @@ def generate_pairs(
 ) -> list[Path]:
     """Generate ``pairs`` pairs into ``out_dir/shard-00000.h5 ...`` and return this job's shard paths.
 
-    Deterministic for a seed; resumable (finished shards are checked and kept, stale temporary files of this
-    job's shards removed). ``workers`` > 1 writes shards in that many processes; ``num_jobs``/``job_index``
-    split the shards into contiguous blocks so that cluster jobs write disjoint files of the same dataset.
-    ``renderer='habitat'`` renders the ``habitat_scenes`` files (``pairs_per_scene`` pairs per scene, cycling)
-    with habitat-sim. ``depth`` stores depth maps for ``pretrain`` (other tasks always do).
+    Deterministic for a seed; resumable (finished shards are checked and kept, temporary files that no running
+    process owns are removed). ``workers`` > 1 writes shards in that many processes;
+    ``num_jobs``/``job_index`` split the shards into contiguous blocks so that cluster jobs write disjoint
+    files of the same dataset. ``renderer='habitat'`` renders the ``habitat_scenes`` files (``pairs_per_scene``
+    pairs per scene, cycling) with habitat-sim. ``depth`` stores depth maps for ``pretrain`` (other tasks
+    always do).
+
+    The output folder is locked for the whole generation (``croco.utils.locks.FolderLock``): a second
+    generation on it raises ``FolderLocked`` at once, naming the folder and the holder. A cluster job
+    (``num_jobs`` > 1) locks only its block (``.lock-job-<job_index>-of-<num_jobs>``), so jobs writing
+    disjoint shards never block each other, while two launches of the same job do; a single generation and
+    cluster jobs on one folder do not see each other's locks (do not mix them). A full disk raises
+    ``NoSpaceError`` and Ctrl-C ``GenerationInterrupted``, both after removing the temporary files; finished
+    shards stay and the same call resumes.
 
     ``pairs_per_scene`` consecutive pairs share a scene (default 5: more scenes per dataset, at ~70 ms of
     scene building per scene on one core). ``min_structure`` rejects views with less than that share of
@@ -351,7 +381,10 @@ def generate_pairs(
         gpu_device_id=int(gpu_device_id),
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"{out}: exists and is not a folder; the shards need a folder (choose another out folder)"
+        )
     shard_count = math.ceil(pairs / pairs_per_shard)
     per_job = math.ceil(shard_count / num_jobs)
     indices = range(job_index * per_job, min(shard_count, (job_index + 1) * per_job))
@@ -365,34 +398,126 @@ def generate_pairs(
         )
         for index in indices
     ]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _generation_lock(out, num_jobs, job_index):
+            _generate_locked(out, jobs, num_jobs, workers, progress, f"task={task}, renderer={renderer}")
+    except NoSpaceError:
+        raise
+    except OSError as error:  # a full disk outside the shard writers (the folder, the lock file)
+        if is_no_space(error):
+            raise NoSpaceError(
+                f"no space left on {out}: free some space and rerun the same command"
+            ) from error
+        raise
+    return [Path(job.path) for job in jobs]
+
+
+def _generate_locked(
+    out: Path, jobs: list[ShardJob], num_jobs: int, workers: int, progress: bool, describe: str
+) -> None:
+    """Check the finished shards and write the missing ones, while this process holds the folder's lock."""
+    config = jobs[0].config if jobs else None
+    stale = _remove_temporaries(out, jobs, num_jobs)
     pending: list[ShardJob] = []
-    stale = 0
     for job in jobs:
         path = Path(job.path)
         if path.exists():
+            assert config is not None
             _check_existing(path, config, job)
             continue
-        for leftover in path.parent.glob(path.name + ".tmp-*"):
-            leftover.unlink(missing_ok=True)
-            stale += 1
         pending.append(job)
     kept = len(jobs) - len(pending)
     todo = sum(job.count for job in pending)
+    size = f"{config.resolution}x{config.resolution}" if config is not None else "-"
     print(
         f"[generate] {out}: {len(jobs)} shard(s) in this job, {kept} finished and kept, "
-        f"{len(pending)} to write "
-        f"({todo} pairs, task={task}, renderer={renderer}, {resolution}x{resolution})"
+        f"{len(pending)} to write ({todo} pairs, {describe}, {size})"
         + (f"; removed {stale} stale temporary file(s)" if stale else ""),
         flush=True,
     )
-    if pending:
+    if not pending:
+        return
+    try:
         totals, seconds = _run_jobs(pending, todo, workers, progress)
-        print(
-            f"[generate] {todo} pairs in {seconds:.1f} s: {todo / max(seconds, 1e-9):.1f} pairs/s; "
-            f"{totals.summary()}",
-            flush=True,
-        )
-    return [Path(job.path) for job in jobs]
+    except BaseException as error:
+        _remove_temporaries(out, jobs, num_jobs)  # what terminated workers (or this process) left
+        finished = sum(Path(job.path).exists() for job in jobs)
+        kept_text = f"{finished} finished shard{'' if finished == 1 else 's'} kept in {out}"
+        if isinstance(error, KeyboardInterrupt):
+            raise GenerationInterrupted(
+                f"interrupted: {kept_text}, rerun the same command to resume"
+            ) from None
+        if is_no_space(error):
+            raise NoSpaceError(
+                f"no space left on {out}: {kept_text}, no temporary file left; free some space (or choose "
+                "another out folder) and rerun the same command to resume"
+            ) from error
+        raise
+    print(
+        f"[generate] {todo} pairs in {seconds:.1f} s: {todo / max(seconds, 1e-9):.1f} pairs/s; "
+        f"{totals.summary()}",
+        flush=True,
+    )
+
+
+class _JobLock(FolderLock):
+    """A ``FolderLock`` under another file name: one per cluster job, see ``generate_pairs``."""
+
+    def __init__(self, folder: Path, what: str, name: str) -> None:
+        super().__init__(folder, what)
+        self._name = name
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self._name
+
+
+def _generation_lock(out: Path, num_jobs: int, job_index: int) -> FolderLock:
+    if num_jobs == 1:
+        return FolderLock(out, "pair generation")
+    return _JobLock(
+        out, f"pair generation job {job_index} of {num_jobs}", f".lock-job-{job_index}-of-{num_jobs}"
+    )
+
+
+_TEMPORARY = re.compile(r"^(?P<name>.+?)\.tmp-(?P<pid>\d+)(\..*)?$")
+
+
+def _remove_temporaries(out: Path, jobs: list[ShardJob], num_jobs: int) -> int:
+    """Delete the temporary files that no running writer owns; returns how many.
+
+    Those are the files of dead processes (a killed run, pool workers just terminated) and this process's own
+    (no writer of it is open when this runs, and a container may give a new run the old run's pid). A single
+    generation holds the whole folder and clears it with ``remove_stale_temporaries``; a cluster job touches
+    only its own shards' files, since another job may write from another machine, where its pid means nothing
+    here.
+    """
+    removed = len(remove_stale_temporaries(out)) if num_jobs == 1 else 0
+    names = {Path(job.path).name for job in jobs}
+    for path in out.glob("*.tmp-*"):
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] not in names or not path.is_file():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or not pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while pool workers start: spawned interpreters inherit the ignored signal and keep it, so
+    an early Ctrl-C cannot interrupt their start-up (``_init_worker`` ignores it for good)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def expand_scene_paths(patterns: Sequence[str]) -> list[str]:
@@ -455,7 +580,9 @@ def _run_jobs(
         else:
             context = multiprocessing.get_context("spawn")
             counter = context.Value("q", 0)
-            with context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool:
+            with _sigint_ignored():
+                pool = context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,))
+            with pool:  # leaving it (also by an error or Ctrl-C) terminates the workers
                 pending = pool.map_async(_pool_write_shard, jobs, chunksize=1)
                 while not pending.ready():
                     pending.wait(0.5)
