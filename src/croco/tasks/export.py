@@ -4,7 +4,9 @@
 
 The output is ``{"model": state_dict, "croco_kwargs": {...}}``, the layout of the released CroCo v2 files, so the
 official demo, DUSt3R and ``croco.models.load_official_checkpoint`` read it. The checkpoint is loaded with
-``weights_only=True``; the network is rebuilt from the hyper-parameters the checkpoint carries.
+``weights_only=True``; the network is rebuilt from the hyper-parameters the checkpoint carries, checked first
+(``croco.models.checkpoints.check_croco_kwargs``). Any bad input is one line, ``error: <file>: ...``, and exit
+status 1.
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_lightning_checkpoint(args.checkpoint, args.output)
-    except ValueError as e:  # CheckpointError included
+    except ValueError as e:  # CheckpointError included: one line naming the file
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # every read failure is a CheckpointError: this is writing the output
+        print(
+            f"error: {args.output}: cannot write the output ({e.strerror or type(e).__name__})",
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote {out}")
     return 0

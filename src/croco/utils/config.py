@@ -3,14 +3,17 @@ the config-group options of ``conf/`` and the command-line check of ``group=opti
 Hydra composes so that an unknown preset (``model=vit_huge``) is reported in one line with the presets that exist.
 
 The checks of a composed training config live with the tasks (``croco.tasks.checks``): which keys matter
-depends on the task.
+depends on the task. The helpers they share live here: the keys of a config group's files
+(:func:`group_keys`) and the one-line error of a key nothing reads, with the nearest valid key
+(:func:`unknown_key_error`).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,12 @@ __all__ = [
     "CONF_DIR",
     "ConfigError",
     "check_group_choices",
+    "entry_config",
     "exit_on_unknown_choices",
+    "group_keys",
     "group_options",
     "model_preset",
+    "unknown_key_error",
 ]
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the Hydra configs of the repository
@@ -78,3 +84,41 @@ def model_preset(name: str, conf_dir: str | Path = CONF_DIR) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"model={name}: unknown model option; allowed: {', '.join(group_options(conf_dir, 'model'))}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+# ----------------------------------------------------------------------------------------- keys nothing reads
+def group_keys(group: str, conf_dir: str | Path = CONF_DIR) -> set[str]:
+    """The top-level keys the options of ``conf/<group>/`` set, all options together (``defaults`` aside)."""
+    keys: set[str] = set()
+    for path in sorted((Path(conf_dir) / group).glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if isinstance(node, Mapping):
+            keys |= {str(k) for k in node if k != "defaults"}
+    return keys
+
+
+def entry_config(name: str, conf_dir: str | Path = CONF_DIR) -> tuple[set[str], set[str]]:
+    """(its own keys, the config groups of its defaults list) of the entry config ``conf/<name>.yaml``."""
+    node = OmegaConf.load(Path(conf_dir) / f"{name}.yaml")
+    groups = set()
+    for entry in node.get("defaults", []):
+        if isinstance(entry, Mapping):
+            groups |= {str(k).split("@")[0].removeprefix("override ").strip("/") for k in entry}
+    return {str(k) for k in node if k != "defaults"}, groups
+
+
+def unknown_key_error(
+    key: str, allowed: Iterable[str], prefix: str = "", hints: Mapping[str, str] | None = None
+) -> ConfigError:
+    """``masking.ratoi: unknown key; did you mean masking.ratio?``: a key that no component reads, with the
+    nearest allowed key (``difflib``), or the allowed keys when none is near. ``hints``: a known better place
+    for a key (``{"mask_ratio": "masking.ratio"}``), given as a full key."""
+    full = f"{prefix}{key}"
+    if hints and key in hints:
+        return ConfigError(f"{full}: unknown key; did you mean {hints[key]}?")
+    allowed = sorted(set(allowed))
+    near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    if near:
+        return ConfigError(f"{full}: unknown key; did you mean {prefix}{near[0]}?")
+    where = prefix.rstrip(".") or "the top level"
+    return ConfigError(f"{full}: unknown key; allowed in {where}: {', '.join(allowed) or 'none'}")
