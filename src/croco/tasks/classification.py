@@ -60,56 +60,24 @@ class ClassificationTask(FinetuneTask):
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(f"task.num_classes={self.num_classes} but the data have {data_classes} classes; "
-                             f"set task.num_classes={data_classes}")  # fmt: skip
         if self.hparams.class_names is None and getattr(datamodule, "class_names", None):
             self.hparams.class_names = list(datamodule.class_names)
         super().on_fit_start()
 
-    def _loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(batch["image"]).float()
         return F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing), logits
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
-        self.log_training_loss(loss, batch_size=batch["image"].shape[0])
-        return loss
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str, metrics: ClassificationMetrics) -> torch.Tensor:
-        loss, logits = self._loss(batch)
-        metrics.update(logits, batch["label"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_metrics("val", self.val_metrics.compute())
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metrics("test", self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_metrics(self, metrics: ClassificationMetrics, batch: Mapping[str, Any], output: torch.Tensor) -> None:
+        metrics.update(output, batch["label"])
 
     def _name(self, index: int) -> str:
         names = self.hparams.class_names
         return names[index] if names and index < len(names) else f"class {index}"
 
     def render_panel(self, samples: Mapping[str, torch.Tensor]) -> Any:
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                probs = self(samples["image"]).float().softmax(dim=-1)
-        finally:
-            self.net.train(was_training)
+        with self.evaluating():
+            probs = self(samples["image"]).float().softmax(dim=-1)
         conf, pred = probs.max(dim=-1)
         captions = [f"predicted {self._name(int(p))} ({float(c):.2f}), true {self._name(int(t))}"
                     for p, c, t in zip(pred, conf, samples["label"])]  # fmt: skip

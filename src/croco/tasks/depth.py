@@ -68,45 +68,17 @@ class DepthTask(FinetuneTask):
     def _valid(self, depth: torch.Tensor) -> torch.Tensor:
         return torch.isfinite(depth) & (depth > self.hparams.min_depth) & (depth <= self.hparams.max_depth)
 
-    def _loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        pred = self.net(batch["image"])
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self.net(batch["image"]).float()
         target = batch["depth"]
-        return self.criterion(pred.float(), target, self._valid(target)), pred
+        return self.criterion(pred, target, self._valid(target)), pred
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
-        self.log_training_loss(loss, batch_size=batch["image"].shape[0])
-        return loss
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str, metrics: DepthMetrics) -> torch.Tensor:
-        loss, pred = self._loss(batch)
-        metrics.update(depth_from_prediction(pred.float()), batch["depth"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_metrics("val", self.val_metrics.compute())
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metrics("test", self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_metrics(self, metrics: DepthMetrics, batch: Mapping[str, Any], output: torch.Tensor) -> None:
+        metrics.update(depth_from_prediction(output), batch["depth"])
 
     def render_panel(self, samples: Mapping[str, torch.Tensor]) -> Any:
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                pred = self(samples["image"]).float()
-        finally:
-            self.net.train(was_training)
+        with self.evaluating():
+            pred = self(samples["image"]).float()
         truth = samples["depth"].float()
         valid = self._valid(truth)
         lo = torch.stack([t[v].min() if v.any() else t.new_tensor(0.0) for t, v in zip(truth, valid)])

@@ -11,13 +11,16 @@
 - Layer-wise lr decay (``optim.layer_decay``) through ``croco.models.downstream.layer_id``; the rest of the
   optimisation recipe (AdamW, no-decay rule, warm-up + cosine) is the pretraining one.
 
-A subclass implements ``build_net``, the steps and ``render_panel``.
+A subclass implements ``build_net``, ``compute_loss`` (the loss and the output of a batch), ``update_metrics``
+(its ``val_metrics`` / ``test_metrics``, torchmetrics objects with a dict ``compute``) and ``render_panel``; the
+steps, the loss and metric logging and the epoch ends are shared.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from torch import nn
 
 from croco.models.checkpoints import load_backbone
 from croco.models.downstream import freeze, layer_id, set_drop_path
-from croco.tasks.base import BaseTask
+from croco.tasks.base import BaseTask, batch_size_of
 from croco.tasks.checks import finetune_settings
 from croco.tasks.optim import LayerOf
 
@@ -74,6 +77,10 @@ class FinetuneTask(BaseTask):
 
     # ------------------------------------------------------------------------------------------ init
     def on_fit_start(self) -> None:
+        classes, data_classes = getattr(self, "num_classes", None), getattr(self.trainer.datamodule, "num_classes", None)
+        if classes is not None and data_classes is not None and classes != data_classes:
+            raise ValueError(f"task.num_classes={classes} but the data have {data_classes} classes; "
+                             f"set task.num_classes={data_classes}")  # fmt: skip
         init = self.settings["init"]
         if self._initialised or init == "scratch":
             return
@@ -90,7 +97,51 @@ class FinetuneTask(BaseTask):
                 if name != "head":
                     module.eval()
 
-    # ------------------------------------------------------------------------------------------ helpers
-    def log_metrics(self, prefix: str, values: Mapping[str, torch.Tensor | float]) -> None:
-        for key, value in values.items():
-            self.log(f"{prefix}/{key}", value, on_epoch=True, sync_dist=True)
+    # ------------------------------------------------------------------------------------------ steps
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, Any]:
+        """(loss, the network's output for the metrics) of a batch."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: Any, batch: Mapping[str, Any], output: Any) -> None:
+        raise NotImplementedError
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.compute_loss(batch)
+        self.log_training_loss(loss, batch_size=batch_size_of(batch))
+        return loss
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
+        loss, output = self.compute_loss(batch)
+        self.update_metrics(self.val_metrics if stage == "val" else self.test_metrics, batch, output)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch_size_of(batch))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str, metrics: Any) -> None:
+        """Log a split's metrics (torchmetrics syncs them across ranks in ``compute``) and reset them."""
+        if not self.trainer.sanity_checking:
+            for key, value in metrics.compute().items():
+                self.log(f"{stage}/{key}", value, on_epoch=True, sync_dist=True)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test", self.test_metrics)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The network in eval mode without gradients (panels), restored afterwards."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.net.train(was_training)

@@ -56,45 +56,17 @@ class PoseTask(FinetuneTask):
         """(rotation (B, 3, 3), unit translation direction (B, 3)) of camera 2 in camera 1's frame."""
         return split_pose(self.net(img1, img2), self.net.head.param)
 
-    def _loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         rotation, direction = self(batch["img1"], batch["img2"])
         loss = self.criterion(rotation, direction, batch["rotation"], batch["translation"])
-        return loss, rotation, direction
+        return loss, (rotation, direction)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _, _ = self._loss(batch)
-        self.log_training_loss(loss, batch_size=batch["img1"].shape[0])
-        return loss
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str, metrics: PoseMetrics) -> torch.Tensor:
-        loss, rotation, direction = self._loss(batch)
-        metrics.update(rotation, direction, batch["rotation"], batch["translation"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["img1"].shape[0])
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_metrics("val", self.val_metrics.compute())
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metrics("test", self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_metrics(self, metrics: PoseMetrics, batch: Mapping[str, Any], output: Any) -> None:
+        metrics.update(*output, batch["rotation"], batch["translation"])
 
     def render_panel(self, samples: Mapping[str, torch.Tensor]) -> Any:
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                rotation, direction = self(samples["img1"], samples["img2"])
-        finally:
-            self.net.train(was_training)
+        with self.evaluating():
+            rotation, direction = self(samples["img1"], samples["img2"])
         rot_err = geodesic_angle(rotation, samples["rotation"].float())
         trans_err = translation_angle(direction, samples["translation"].float())
         true_angle = geodesic_angle(torch.eye(3).expand_as(rotation), samples["rotation"].float())

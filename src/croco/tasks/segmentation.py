@@ -60,14 +60,7 @@ class SegmentationTask(FinetuneTask):
         """Class logits (B, num_classes, H, W)."""
         return self.net(image)
 
-    def on_fit_start(self) -> None:
-        data_classes = getattr(self.trainer.datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(f"task.num_classes={self.num_classes} but the data have {data_classes} classes; "
-                             f"set task.num_classes={data_classes}")  # fmt: skip
-        super().on_fit_start()
-
-    def _loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(batch["image"]).float()
         target = batch["segmentation"]
         if not bool((target != IGNORE_INDEX).any()):  # a batch without labels: zero loss, graph intact
@@ -76,40 +69,12 @@ class SegmentationTask(FinetuneTask):
                                label_smoothing=self.hparams.label_smoothing)  # fmt: skip
         return loss, logits
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
-        self.log_training_loss(loss, batch_size=batch["image"].shape[0])
-        return loss
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str, metrics: SegmentationMetrics) -> torch.Tensor:
-        loss, logits = self._loss(batch)
-        metrics.update(logits, batch["segmentation"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_metrics("val", self.val_metrics.compute())
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metrics("test", self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_metrics(self, metrics: SegmentationMetrics, batch: Mapping[str, Any], output: torch.Tensor) -> None:
+        metrics.update(output, batch["segmentation"])
 
     def render_panel(self, samples: Mapping[str, torch.Tensor]) -> Any:
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                pred = self(samples["image"]).argmax(dim=1)
-        finally:
-            self.net.train(was_training)
+        with self.evaluating():
+            pred = self(samples["image"]).argmax(dim=1)
         views = {
             "input": denormalize(samples["image"].float()).cpu(),
             "predicted classes": colorize_labels(pred, self.num_classes),

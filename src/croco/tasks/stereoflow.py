@@ -89,48 +89,21 @@ class StereoFlowTask(FinetuneTask):
                           overlap=self.hparams.tile_overlap, conf_mode=self.hparams.conf_mode,
                           channels=self.channels)  # fmt: skip
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        pred = self.net(batch["img1"], batch["img2"]).float()
-        loss = self.criterion(pred, batch[KINDS[self.kind]["key"]])
-        self.log_training_loss(loss, batch_size=batch["img1"].shape[0])
-        return loss
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str, metrics: Any) -> torch.Tensor:
-        gt = batch[KINDS[self.kind]["key"]]
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training crops (the network's size) go through the network directly; larger evaluation images are
+        predicted tile by tile. The output is the prediction with its confidence channel last."""
         if tuple(batch["img1"].shape[-2:]) == self.window:
             out = self.net(batch["img1"], batch["img2"]).float()
-            pred = out[:, : self.channels]
         else:
-            pred, conf = self(batch["img1"], batch["img2"])
-            out = torch.cat([pred, conf], dim=1)
-        loss = self.criterion(out, gt)
-        metrics.update(pred, gt)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=gt.shape[0])
-        return loss
+            out = torch.cat(self(batch["img1"], batch["img2"]), dim=1)
+        return self.criterion(out, batch[KINDS[self.kind]["key"]]), out
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test", self.test_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_metrics("val", self.val_metrics.compute())
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_metrics("test", self.test_metrics.compute())
-        self.test_metrics.reset()
+    def update_metrics(self, metrics: Any, batch: Mapping[str, Any], output: torch.Tensor) -> None:
+        metrics.update(output[:, : self.channels], batch[KINDS[self.kind]["key"]])
 
     def render_panel(self, samples: Mapping[str, torch.Tensor]) -> Any:
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                pred, conf = self(samples["img1"], samples["img2"])
-        finally:
-            self.net.train(was_training)
+        with self.evaluating():
+            pred, conf = self(samples["img1"], samples["img2"])
         truth = samples[KINDS[self.kind]["key"]].float()
         if self.kind == "stereo":
             valid = torch.isfinite(truth)
