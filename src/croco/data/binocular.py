@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from croco.data.shards import ShardError, list_shards
+from croco.data.splits import SplitDataModule, describe_callable
 from croco.data.stereoflow import (
     TARGETS,
     BinocularDataset,
@@ -147,7 +146,7 @@ def _parse_entries(source: Any, root: Any, target: str) -> list[SourceEntry]:
     return entries
 
 
-class BinocularDataModule(LightningDataModule):
+class BinocularDataModule(SplitDataModule):
     """Train / val / test loaders of stereo, optical-flow or relative-pose pairs.
 
     Args:
@@ -247,7 +246,7 @@ class BinocularDataModule(LightningDataModule):
             except ShardError:
                 pass
             log.info(
-                "no shards in %s: generating them with %s", entry.root, _describe(self.generate_if_missing)
+                "no shards in %s: generating them with %s", entry.root, describe_callable(self.generate_if_missing)
             )
             self.generate_if_missing(entry.root)
 
@@ -270,45 +269,3 @@ class BinocularDataModule(LightningDataModule):
                 log.warning("%s/%s: the validation split is empty", self.source, self.target)
         if stage in ("test", "predict") and self.data_test is None:
             self.data_test = self._split("test", self.eval_transform, repeat=False)
-
-    # -- loaders ----------------------------------------------------------------------------------------
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        assert self.data_train is not None
-        # drop the last partial batch only when there is a full one (tiny debug datasets still train)
-        return self._loader(self.data_train, shuffle=True, drop_last=len(self.data_train) >= self.batch_size)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
-        assert self.data_val is not None
-        if len(self.data_val) == 0:
-            return []  # Lightning skips validation without loaders
-        return self._loader(self.data_val, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup("test")
-        assert self.data_test is not None
-        return self._loader(self.data_test, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-
-def _describe(fn: Callable[..., Any]) -> str:
-    """``generate_pairs(task='stereo', pairs=640)`` for a partial, else the callable's name (for the log)."""
-    func = getattr(fn, "func", fn)
-    name = getattr(func, "__qualname__", repr(func))
-    keywords = getattr(fn, "keywords", None) or {}
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"

@@ -26,6 +26,7 @@ from croco.data.dataset import PairDataset, collate_pairs
 from croco.data.index import PairSource, SplitReport, build_index
 from croco.data.sampler import EpochPairSampler
 from croco.data.shards import ShardError, list_shards
+from croco.data.splits import describe_callable
 from croco.data.transforms import PairTransform, finish_batch, parse_transforms
 from croco.utils.sizes import as_hw
 
@@ -123,7 +124,7 @@ class PairDataModule(LightningDataModule):
                 continue
             except ShardError:
                 pass
-            log.info("no shards in %s: generating them with %s", source.path, _describe(self.generate_if_missing))
+            log.info("no shards in %s: generating them with %s", source.path, describe_callable(self.generate_if_missing))
             self.generate_if_missing(source.path)
 
     def setup(self, stage: str | None = None) -> None:
@@ -223,11 +224,3 @@ class PairDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_position = state_dict.get("train_position")
-
-
-def _describe(fn: Callable[..., Any]) -> str:
-    """``generate_pairs(pairs=640, seed=0)`` for a partial, the callable's name otherwise (for the log line)."""
-    func = getattr(fn, "func", fn)
-    name = getattr(func, "__qualname__", repr(func))
-    keywords = getattr(fn, "keywords", None) or {}
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"

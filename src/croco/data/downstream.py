@@ -18,13 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from croco.data.dense import ADE20K, IGNORE_INDEX, ClassFolders, DenseDataset, NYUv2, SyntheticViews
 from croco.data.dense_transforms import DenseTransform
 from croco.data.shards import ShardError, list_shards
+from croco.data.splits import SplitDataModule, describe_callable
 from croco.utils.sizes import as_hw
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def allowed_combinations() -> list[str]:
     return [f"{source}/{target}" for source, cls in SOURCES.items() for target in cls.targets]
 
 
-class DownstreamDataModule(LightningDataModule):
+class DownstreamDataModule(SplitDataModule):
     """Train / val / test loaders of one monocular downstream dataset.
 
     Args:
@@ -142,7 +141,7 @@ class DownstreamDataModule(LightningDataModule):
             return
         except ShardError:
             pass
-        log.info("no shards in %s: generating them with %s", self.root, _describe(self.generate_if_missing))
+        log.info("no shards in %s: generating them with %s", self.root, describe_callable(self.generate_if_missing))
         self.generate_if_missing(self.root)
 
     def setup(self, stage: str | None = None) -> None:
@@ -180,45 +179,3 @@ class DownstreamDataModule(LightningDataModule):
     @property
     def class_names(self) -> list[str] | None:
         return self._any_dataset.class_names
-
-    # -- loaders ----------------------------------------------------------------------------------------
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        assert self.data_train is not None
-        # drop the last partial batch only when there is a full one (tiny debug datasets still train)
-        return self._loader(self.data_train, shuffle=True, drop_last=len(self.data_train) >= self.batch_size)
-
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
-        assert self.data_val is not None
-        if len(self.data_val) == 0:
-            return []  # Lightning skips validation without loaders
-        return self._loader(self.data_val, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup("test")
-        assert self.data_test is not None
-        return self._loader(self.data_test, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-
-def _describe(fn: Callable[..., Any]) -> str:
-    """``generate_pairs(task='depth', pairs=640)`` for a partial, the callable's name otherwise (for the log)."""
-    func = getattr(fn, "func", fn)
-    name = getattr(func, "__qualname__", repr(func))
-    keywords = getattr(fn, "keywords", None) or {}
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
