@@ -76,7 +76,7 @@ class StereoFlowTask(FinetuneTask):
     @property
     def panel_caption(self) -> str:
         what = "disparity (magma, near = bright)" if self.kind == "stereo" else "flow (Middlebury colour wheel)"
-        return f"image 1 | image 2 | predicted {what} | true {self.kind} | predicted uncertainty (bright = unsure)"
+        return f"image 1 | image 2 | predicted {what} | true {KINDS[self.kind]['key']} | uncertainty (bright = unsure)"
 
     def build_net(self, model: dict[str, Any], head: dict[str, Any]) -> CroCoDownstreamBinocular:
         head = {**head, "num_channels": self.channels + 1}  # + the confidence channel
@@ -118,8 +118,8 @@ class StereoFlowTask(FinetuneTask):
         views = {
             "image 1": denormalize(samples["img1"].float()).cpu(),
             "image 2": denormalize(samples["img2"].float()).cpu(),
-            f"predicted {self.kind}": shown_pred,
-            f"true {self.kind}": shown_truth,
+            f"predicted {KINDS[self.kind]['key']}": shown_pred,
+            f"true {KINDS[self.kind]['key']}": shown_truth,
             "uncertainty": colorize(conf, cmap="gray"),
         }
         return render_panel(views, tuple(views))
