@@ -312,6 +312,9 @@ def generate_pairs(
     white_balance_std: float = 0.0,
     noise_std: float = 0.0,
     specular: float = 0.0,
+    stereo_baseline: Sequence[float] = (0.05, 0.3),
+    flow_translation_std: float = 0.25,
+    flow_rotation_deg: Sequence[float] = (8.0, 4.0, 2.0),
 ) -> list[Path]:
     """Generate ``pairs`` pairs into ``out_dir/shard-00000.h5 ...`` and return this job's shard paths.
 
@@ -334,7 +337,8 @@ def generate_pairs(
     scene building per scene on one core). ``min_structure`` rejects views with less than that share of
     non-bare pixels (0: off; needs semantics, so only the CPU renderer applies it). ``exposure_std`` (stops),
     ``white_balance_std``, ``noise_std`` (grey levels) and ``specular`` add per-view appearance changes (0:
-    off); see ``croco.synth.sampler``.
+    off); see ``croco.synth.sampler``. ``stereo_baseline`` (metres, range) and ``flow_translation_std`` (metres),
+    ``flow_rotation_deg`` (pan, tilt, roll stds) size the second camera of the stereo and flow tasks.
     """
     _check_positive(
         pairs=pairs,
@@ -367,6 +371,9 @@ def generate_pairs(
         white_balance_std=float(white_balance_std),
         noise_std=float(noise_std),
         specular=float(specular),
+        stereo_baseline=(float(stereo_baseline[0]), float(stereo_baseline[1])),
+        flow_translation_std=float(flow_translation_std),
+        flow_rotation_deg=tuple(float(d) for d in flow_rotation_deg),
     )
     config = GeneratorConfig(
         seed=int(seed),
