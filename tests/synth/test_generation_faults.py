@@ -183,8 +183,14 @@ def _launch(tmp_path: Path, *overrides: str, debug: bool = False, **popen) -> su
         env["CROCO_DEBUG"] = "1"
     command = [sys.executable, str(REPO_ROOT / "generate.py"), "resolution=32", "pairs_per_shard=1",
                "progress=false", f"hydra.run.dir={tmp_path}/run", *overrides]  # fmt: skip
+    # Ctrl-C must reach the generator as KeyboardInterrupt even when an earlier test of this pytest process left
+    # SIGINT ignored (pool workers ignore it, and an ignored signal is inherited through fork and exec)
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)  # fmt: skip
+                            text=True, preexec_fn=_default_sigint, **popen)  # noqa: PLW1509  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _error_line(process: subprocess.Popen, code: int = 2) -> str:
@@ -216,8 +222,7 @@ def test_generate_py_ctrl_c_keeps_finished_shards_and_exits_130(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "shard-00001.h5").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    # a user presses Ctrl-C again if the first one lands while the pool workers start (the parent ignores
-    # SIGINT for that instant so the workers inherit the ignored signal)
+    # pressed again if unanswered: the parent ignores SIGINT for the instant the pool workers start
     while process.poll() is None and time.monotonic() < deadline:
         os.killpg(process.pid, signal.SIGINT)
         answered = time.monotonic() + 5.0
