@@ -188,24 +188,8 @@ class BinocularDataModule(SplitDataModule):
         self.root = self.entries[0].root
         self.crop_size = as_hw(crop_size, "data.crop_size")
         self.val_crop_size = None if val_crop_size is None else as_hw(val_crop_size, "data.val_crop_size")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}: expected >= 1")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction}: expected a fraction in [0, 1)")
-        if limit_val_samples is not None and limit_val_samples < 1:
-            raise ValueError(f"data.limit_val_samples={limit_val_samples}: expected null or >= 1")
-        if generate_if_missing is not None and not callable(generate_if_missing):
-            raise ValueError(
-                f"data.generate_if_missing={generate_if_missing!r}: expected null or a callable that fills a "
-                "folder (a config with _target_ and _partial_: true)"
-            )
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.val_fraction = float(val_fraction)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        self.generate_if_missing = generate_if_missing
-        self.limit_val_samples = limit_val_samples
+        self._set_loading(batch_size, num_workers, val_fraction, pin_memory, persistent_workers, generate_if_missing,
+                          limit_val_samples)  # fmt: skip
         augmentors = {"stereo": StereoAugmentor, "flow": FlowAugmentor, "pose": PoseAugmentor}
         self.train_transform = augmentors[self.target](self.crop_size)
         self.eval_transform = EvalTransform(self.val_crop_size)

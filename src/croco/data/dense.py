@@ -33,17 +33,17 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from croco.data.index import is_val_scene
 from croco.data.shards import ShardError, ShardReader, list_shards
+from croco.data.splits import TargetDataset, Transform
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 GENERATE_HINT = "generate it with `python generate.py source=synthetic task=depth out=<folder>`"
 NYU_URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"
 NYU_SPLITS_URL = "http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat"
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _split_kind(split: str, allowed: Sequence[str] = ("train", "val", "test")) -> str:
@@ -109,18 +108,11 @@ def dominant_class(semantics: np.ndarray, ignored: Sequence[int]) -> int | None:
     return int(counts.argmax()) if counts.any() else None
 
 
-class DenseDataset(Dataset):
-    """Shared behaviour: ``raw(i)`` reads a raw sample, ``__getitem__`` applies the transform to it."""
-
-    targets: tuple[str, ...] = ()
+class DenseDataset(TargetDataset):
+    """A monocular dataset (``TargetDataset``) that also knows its classes."""
 
     def __init__(self, target: str, transform: Transform | None) -> None:
-        if target not in self.targets:
-            raise ValueError(
-                f"{type(self).__name__}: target={target!r} is not supported; expected one of {list(self.targets)}"
-            )
-        self.target = target
-        self.transform = transform
+        super().__init__(target, transform)
         self.num_classes: int | None = None
         self.class_names: list[str] | None = None
 
@@ -128,19 +120,6 @@ class DenseDataset(Dataset):
     def class_info(cls, root: str | os.PathLike, target: str) -> tuple[int | None, list[str] | None]:
         """(num_classes, class_names) of ``target`` read cheaply (attributes, folder names), without indexing."""
         raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def raw(self, index: int) -> dict[str, Any]:
-        """The sample before the transform: uint8 image, target at the image's size, name."""
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{type(self).__name__}: index {index} out of range [0, {len(self)})")
-        sample = self.raw(int(index) % len(self))
-        return self.transform(sample) if self.transform is not None else sample
 
 
 # --------------------------------------------------------------------------------------------- synthetic

@@ -84,28 +84,12 @@ class DownstreamDataModule(SplitDataModule):
         self.dataset_class = SOURCES[self.source]
         self.root = Path(str(root))
         self.img_size = as_hw(img_size, "data.img_size")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}: expected >= 1")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={val_fraction}: expected a fraction in [0, 1)")
-        if limit_val_samples is not None and limit_val_samples < 1:
-            raise ValueError(f"data.limit_val_samples={limit_val_samples}: expected null or >= 1")
         augment = dict(augment or {})
         unknown = sorted(set(augment) - set(AUGMENT_KEYS))
         if unknown:
             raise ValueError(f"data.augment: unknown option(s) {unknown}; expected {list(AUGMENT_KEYS)}")
-        if generate_if_missing is not None and not callable(generate_if_missing):
-            raise ValueError(
-                f"data.generate_if_missing={generate_if_missing!r}: expected null or a callable that fills a "
-                "folder (a config with _target_ and _partial_: true)"
-            )
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.val_fraction = float(val_fraction)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        self.generate_if_missing = generate_if_missing
-        self.limit_val_samples = limit_val_samples
+        self._set_loading(batch_size, num_workers, val_fraction, pin_memory, persistent_workers, generate_if_missing,
+                          limit_val_samples)  # fmt: skip
         self.train_transform = DenseTransform(self.img_size, train=True, **augment)
         self.eval_transform = DenseTransform(self.img_size, train=False)
         self.ignore_index = IGNORE_INDEX

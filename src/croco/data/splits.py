@@ -1,16 +1,19 @@
-"""What the downstream data modules share: DataLoaders over the train / val / test splits their ``setup`` builds,
-and the log description of the callable that fills an empty folder."""
+"""What the downstream data modules share: datasets that check their target and transform raw samples, the
+checks of the loader settings, DataLoaders over the train / val / test splits their ``setup`` builds, and the log
+description of the callable that fills an empty folder."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["SplitDataModule", "describe_callable"]
+__all__ = ["SplitDataModule", "TargetDataset", "describe_callable"]
 
 
 def describe_callable(fn: Callable[..., Any]) -> str:
@@ -19,6 +22,34 @@ def describe_callable(fn: Callable[..., Any]) -> str:
     name = getattr(func, "__qualname__", repr(func))
     keywords = getattr(fn, "keywords", None) or {}
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
+
+
+class TargetDataset(Dataset):
+    """A dataset of one of the ``targets`` a subclass supports: ``raw(i)`` reads a sample, ``__getitem__``
+    applies the transform to it (negative indices count from the end)."""
+
+    targets: tuple[str, ...] = ()
+
+    def __init__(self, target: str, transform: Transform | None) -> None:
+        if target not in self.targets:
+            raise ValueError(
+                f"{type(self).__name__}: target={target!r} is not supported; expected one of {list(self.targets)}"
+            )
+        self.target = target
+        self.transform = transform
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def raw(self, index: int) -> dict[str, Any]:
+        """The sample before the transform: uint8 image(s), ground truth at the image's size, name."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{type(self).__name__}: index {index} out of range [0, {len(self)})")
+        sample = self.raw(int(index) % len(self))
+        return self.transform(sample) if self.transform is not None else sample
 
 
 class SplitDataModule(LightningDataModule):
@@ -32,6 +63,30 @@ class SplitDataModule(LightningDataModule):
     data_train: Dataset | None = None
     data_val: Dataset | None = None
     data_test: Dataset | None = None
+
+    def _set_loading(
+        self, batch_size: int, num_workers: int, val_fraction: float, pin_memory: bool, persistent_workers: bool,
+        generate_if_missing: Callable[..., Any] | None, limit_val_samples: int | None,
+    ) -> None:  # fmt: skip
+        """Check and store the settings every downstream data module takes (one-line errors naming the key)."""
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: expected >= 1")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction}: expected a fraction in [0, 1)")
+        if limit_val_samples is not None and limit_val_samples < 1:
+            raise ValueError(f"data.limit_val_samples={limit_val_samples}: expected null or >= 1")
+        if generate_if_missing is not None and not callable(generate_if_missing):
+            raise ValueError(
+                f"data.generate_if_missing={generate_if_missing!r}: expected null or a callable that fills a "
+                "folder (a config with _target_ and _partial_: true)"
+            )
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.val_fraction = float(val_fraction)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.generate_if_missing = generate_if_missing
+        self.limit_val_samples = limit_val_samples
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(

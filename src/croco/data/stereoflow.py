@@ -51,7 +51,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,11 +59,11 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from croco.data.dense import load_image
 from croco.data.index import is_val_scene
 from croco.data.shards import ShardError, ShardReader, list_shards
+from croco.data.splits import TargetDataset, Transform
 from croco.data.stereoflow_io import (
     UNKNOWN_FLOW_THRESHOLD,
     read_flo,
@@ -104,7 +104,6 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_TRANSLATION: float = 1e-6
 """Pairs whose cameras are closer than this (metres) have no translation direction and are dropped."""
 
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _generate_hint(task: str) -> str:
@@ -160,32 +159,8 @@ def pose_sample(pose1: np.ndarray, pose2: np.ndarray) -> dict[str, torch.Tensor]
 # --------------------------------------------------------------------------------------------- base class
 
 
-class BinocularDataset(Dataset):
-    """Shared behaviour: ``raw(i)`` reads a raw sample, ``__getitem__`` applies the transform to it."""
-
-    targets: tuple[str, ...] = ()
-
-    def __init__(self, target: str, transform: Transform | None) -> None:
-        if target not in self.targets:
-            raise ValueError(
-                f"{type(self).__name__}: target={target!r} is not supported; "
-                f"expected one of {list(self.targets)}"
-            )
-        self.target = target
-        self.transform = transform
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def raw(self, index: int) -> dict[str, Any]:
-        """The sample before the transform: uint8 images, ground truth at the images' size, name."""
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{type(self).__name__}: index {index} out of range [0, {len(self)})")
-        sample = self.raw(int(index) % len(self))
-        return self.transform(sample) if self.transform is not None else sample
+class BinocularDataset(TargetDataset):
+    """A two-view dataset (``TargetDataset``): raw samples hold ``img1``, ``img2`` and the target's ground truth."""
 
 
 # --------------------------------------------------------------------------------------------- synthetic
