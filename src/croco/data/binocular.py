@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset
 
-from croco.data.shards import ShardError, list_shards
-from croco.data.splits import SplitDataModule, describe_callable
+from croco.data.splits import SplitDataModule, fill_if_empty
 from croco.data.stereoflow import (
     TARGETS,
     BinocularDataset,
@@ -196,7 +195,6 @@ class BinocularDataModule(SplitDataModule):
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
-        self._val_full: Dataset | None = None  # data_val before limit_val_samples
 
     # -- datasets ---------------------------------------------------------------------------------------
 
@@ -208,7 +206,10 @@ class BinocularDataModule(SplitDataModule):
             options["val_fraction"] = self.val_fraction
         return cls(entry.root, split, transform=transform, **options)
 
-    def _split(self, split: str, transform: Callable, repeat: bool) -> Dataset:
+    def build_split(self, split: str) -> Dataset:
+        """Training: the concatenation of every source, each ``repeat`` times; val / test: each source once."""
+        repeat = split == "train"
+        transform = self.train_transform if repeat else self.eval_transform
         parts: list[Dataset] = []
         for entry in self.entries:
             dataset = self._dataset(entry, split, transform)
@@ -219,37 +220,6 @@ class BinocularDataModule(SplitDataModule):
 
     def prepare_data(self) -> None:
         """Generate synthetic shards into empty folders (once per node, before ``setup``)."""
-        if self.generate_if_missing is None:
-            return
         for entry in self.entries:
-            if not entry.spec.synthetic:
-                continue
-            try:
-                list_shards(entry.root)
-                continue
-            except ShardError:
-                pass
-            log.info(
-                "no shards in %s: generating them with %s", entry.root, describe_callable(self.generate_if_missing)
-            )
-            self.generate_if_missing(entry.root)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets the stage needs (idempotent): fit = train + val, validate = val, test /
-        predict = the held-out split."""
-        if stage in (None, "fit") and self.data_train is None:
-            self.data_train = self._split("train", self.train_transform, repeat=True)
-            if len(self.data_train) == 0:
-                raise ValueError(f"{self.root}: no training pairs for {self.source}/{self.target}")
-        if stage in (None, "fit", "validate") and self.data_val is None:
-            val = self._split("val", self.eval_transform, repeat=False)
-            self._val_full = val
-            if self.limit_val_samples is not None and len(val) > self.limit_val_samples:
-                log.info("validation limited to the first %d of %d pairs", self.limit_val_samples, len(val))
-                self.data_val = Subset(val, range(self.limit_val_samples))
-            else:
-                self.data_val = val
-            if len(val) == 0:
-                log.warning("%s/%s: the validation split is empty", self.source, self.target)
-        if stage in ("test", "predict") and self.data_test is None:
-            self.data_test = self._split("test", self.eval_transform, repeat=False)
+            if entry.spec.synthetic:
+                fill_if_empty(entry.root, self.generate_if_missing)

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from croco.data.dataset import PairDataset, collate_pairs
 from croco.data.index import PairSource, SplitReport, build_index
 from croco.data.sampler import EpochPairSampler
-from croco.data.shards import ShardError, list_shards
-from croco.data.splits import describe_callable
+from croco.data.shards import ShardError
+from croco.data.splits import fill_if_empty
 from croco.data.transforms import PairTransform, finish_batch, parse_transforms
 from croco.utils.sizes import as_hw
 
@@ -116,16 +116,8 @@ class PairDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the embedded dataset into empty source folders (once per node, before ``setup``)."""
-        if self.generate_if_missing is None:
-            return
         for source in self.sources:
-            try:
-                list_shards(source.path)
-                continue
-            except ShardError:
-                pass
-            log.info("no shards in %s: generating them with %s", source.path, describe_callable(self.generate_if_missing))
-            self.generate_if_missing(source.path)
+            fill_if_empty(source.path, self.generate_if_missing)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the shards and build both splits (idempotent; runs on every rank)."""

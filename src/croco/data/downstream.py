@@ -18,12 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from croco.data.dense import ADE20K, IGNORE_INDEX, ClassFolders, DenseDataset, NYUv2, SyntheticViews
 from croco.data.dense_transforms import DenseTransform
-from croco.data.shards import ShardError, list_shards
-from croco.data.splits import SplitDataModule, describe_callable
+from croco.data.splits import SplitDataModule, fill_if_empty
 from croco.utils.sizes import as_hw
 
 log = logging.getLogger(__name__)
@@ -96,11 +95,11 @@ class DownstreamDataModule(SplitDataModule):
         self.data_train: DenseDataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: DenseDataset | None = None
-        self._val_full: DenseDataset | None = None  # data_val before limit_val_samples
 
     # -- datasets ---------------------------------------------------------------------------------------
 
-    def _dataset(self, split: str, transform: DenseTransform) -> DenseDataset:
+    def build_split(self, split: str) -> DenseDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
         if self.dataset_class is SyntheticViews:
             return SyntheticViews(self.root, split, self.target, self.val_fraction, transform=transform)
         return self.dataset_class(self.root, split, transform=transform)  # type: ignore[call-arg]
@@ -118,36 +117,8 @@ class DownstreamDataModule(SplitDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic task shards into an empty folder (once per node, before ``setup``)."""
-        if self.source != "synthetic" or self.generate_if_missing is None:
-            return
-        try:
-            list_shards(self.root)
-            return
-        except ShardError:
-            pass
-        log.info("no shards in %s: generating them with %s", self.root, describe_callable(self.generate_if_missing))
-        self.generate_if_missing(self.root)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets the stage needs (idempotent): fit = train + val, validate = val, test / predict =
-        the held-out split."""
-        if stage in (None, "fit") and self.data_train is None:
-            self.data_train = self._dataset("train", self.train_transform)
-            if len(self.data_train) == 0:
-                raise ValueError(f"{self.root}: no training samples for {self.source}/{self.target}")
-            log.info("%s/%s train: %d samples", self.source, self.target, len(self.data_train))
-        if stage in (None, "fit", "validate") and self.data_val is None:
-            val = self._dataset("val", self.eval_transform)
-            self._val_full = val
-            if self.limit_val_samples is not None and len(val) > self.limit_val_samples:
-                log.info("validation limited to the first %d of %d samples", self.limit_val_samples, len(val))
-                self.data_val = Subset(val, range(self.limit_val_samples))
-            else:
-                self.data_val = val
-            if len(val) == 0:
-                log.warning("%s/%s: the validation split is empty", self.source, self.target)
-        if stage in ("test", "predict") and self.data_test is None:
-            self.data_test = self._dataset("test", self.eval_transform)
+        if self.source == "synthetic":
+            fill_if_empty(self.root, self.generate_if_missing)
 
     @property
     def _any_dataset(self) -> DenseDataset:

@@ -4,16 +4,23 @@ description of the callable that fills an empty folder."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["SplitDataModule", "TargetDataset", "describe_callable"]
+from croco.data.shards import ShardError, list_shards
+
+__all__ = ["SplitDataModule", "TargetDataset", "describe_callable", "fill_if_empty"]
+
+log = logging.getLogger(__name__)
 
 
 def describe_callable(fn: Callable[..., Any]) -> str:
@@ -22,6 +29,20 @@ def describe_callable(fn: Callable[..., Any]) -> str:
     name = getattr(func, "__qualname__", repr(func))
     keywords = getattr(fn, "keywords", None) or {}
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
+
+
+def fill_if_empty(folder: str | os.PathLike, generate: Callable[[Path], Any] | None) -> bool:
+    """Call ``generate(folder)`` when ``folder`` holds no shard (and ``generate`` is given); True when it ran."""
+    if generate is None:
+        return False
+    try:
+        list_shards(folder)
+        return False
+    except ShardError:
+        pass
+    log.info("no shards in %s: generating them with %s", folder, describe_callable(generate))
+    generate(Path(folder))
+    return True
 
 
 class TargetDataset(Dataset):
@@ -53,8 +74,14 @@ class TargetDataset(Dataset):
 
 
 class SplitDataModule(LightningDataModule):
-    """Loaders of ``data_train`` / ``data_val`` / ``data_test`` (set by the subclass's ``setup``) with the
-    subclass's ``batch_size``, ``num_workers``, ``pin_memory`` and ``persistent_workers``."""
+    """The splits of one ``source`` / ``target`` (``build_split``, supplied by the subclass) and their loaders.
+
+    ``setup`` builds what a stage needs (idempotent): fit = train + val, validate = val, test / predict = the
+    held-out split; ``limit_val_samples`` keeps the first validation samples (short CPU validation)."""
+
+    source: str
+    target: str
+    root: Path
 
     batch_size: int
     num_workers: int
@@ -63,6 +90,28 @@ class SplitDataModule(LightningDataModule):
     data_train: Dataset | None = None
     data_val: Dataset | None = None
     data_test: Dataset | None = None
+    _val_full: Dataset | None = None  # data_val before limit_val_samples
+
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of ``split`` (train / val / test) with its transform."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.data_train is None:
+            self.data_train = self.build_split("train")
+            if len(self.data_train) == 0:
+                raise ValueError(f"{self.root}: no training samples for {self.source}/{self.target}")
+            log.info("%s/%s train: %d samples", self.source, self.target, len(self.data_train))
+        if stage in (None, "fit", "validate") and self.data_val is None:
+            val = self._val_full = self.build_split("val")
+            self.data_val = val
+            if self.limit_val_samples is not None and len(val) > self.limit_val_samples:
+                log.info("validation limited to the first %d of %d samples", self.limit_val_samples, len(val))
+                self.data_val = Subset(val, range(self.limit_val_samples))
+            if len(val) == 0:
+                log.warning("%s/%s: the validation split is empty", self.source, self.target)
+        if stage in ("test", "predict") and self.data_test is None:
+            self.data_test = self.build_split("test")
 
     def _set_loading(
         self, batch_size: int, num_workers: int, val_fraction: float, pin_memory: bool, persistent_workers: bool,
