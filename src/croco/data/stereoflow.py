@@ -449,39 +449,37 @@ def _held_out_frames(stems: list[str], split: str, val_frames: int) -> list[str]
     return stems[:cut] if split == "train" else stems[cut:]
 
 
+def _kitti_pairs(root: Path, year: int, split: str, val_frames: int, target: str) -> list[PairFiles]:
+    """The KITTI training pairs of ``target``: stereo = left / right of frame ``_10`` with its disparity, flow =
+    frames ``_10`` -> ``_11`` of the left camera with the flow of ``_10``."""
+    folders = _kitti_folders(year)
+    stereo = target == "stereo"
+    gt = folders["disparity"] if stereo else folders["flow"]
+    second = folders["right"] if stereo else folders["left"]
+    layout = (f"KITTI {year} {target}: <root>/training/{{{folders['left']},{second},{gt}}}/NNNNNN_10.png"
+              + ("" if stereo else f" and {folders['left']}/NNNNNN_11.png"))  # fmt: skip
+    training = _require_dir(root / "training", layout)
+    left = _require_dir(training / folders["left"], layout)
+    stems = _held_out_frames(_frame_stems(left, "_10.png", layout), split, val_frames)
+    frame = "_10" if stereo else "_11"
+    pairs = [PairFiles(left / f"{stem}_10.png", training / second / f"{stem}{frame}.png",
+                       training / gt / f"{stem}_10.png", f"kitti{year}/{stem}") for stem in stems]  # fmt: skip
+    _require_files(pairs, training, layout)
+    return pairs
+
+
 class KittiStereo(_PairFilesDataset):
     """KITTI stereo 2012 / 2015 training pairs (frame ``_10``), sparse 16-bit PNG disparity (``disp_occ``)."""
 
     targets = ("stereo",)
 
     def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        year: int = 2015,
-        val_frames: int = 5,
+        self, root: str | os.PathLike, split: str, year: int = 2015, val_frames: int = 5,
         transform: Transform | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__("stereo", root, split, transform)
-        folders = _kitti_folders(year)
         self.year = year
-        layout = (
-            f"KITTI {year} stereo: <root>/training/{{{folders['left']},{folders['right']},"
-            f"{folders['disparity']}}}/NNNNNN_10.png"
-        )
-        training = _require_dir(self.root / "training", layout)
-        left = _require_dir(training / folders["left"], layout)
-        stems = _held_out_frames(_frame_stems(left, "_10.png", layout), split, val_frames)
-        self.pairs = [
-            PairFiles(
-                left / f"{stem}_10.png",
-                training / folders["right"] / f"{stem}_10.png",
-                training / folders["disparity"] / f"{stem}_10.png",
-                f"kitti{year}/{stem}",
-            )
-            for stem in stems
-        ]
-        _require_files(self.pairs, training, layout)
+        self.pairs = _kitti_pairs(self.root, year, split, val_frames, "stereo")
 
     def ground_truth(self, path: Path) -> dict[str, torch.Tensor]:
         return _kitti_disparity(path)
@@ -493,33 +491,12 @@ class KittiFlow(_PairFilesDataset):
     targets = ("flow",)
 
     def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        year: int = 2015,
-        val_frames: int = 10,
+        self, root: str | os.PathLike, split: str, year: int = 2015, val_frames: int = 10,
         transform: Transform | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__("flow", root, split, transform)
-        folders = _kitti_folders(year)
         self.year = year
-        layout = (
-            f"KITTI {year} flow: <root>/training/{folders['left']}/NNNNNN_{{10,11}}.png and "
-            f"<root>/training/{folders['flow']}/NNNNNN_10.png"
-        )
-        training = _require_dir(self.root / "training", layout)
-        images = _require_dir(training / folders["left"], layout)
-        stems = _held_out_frames(_frame_stems(images, "_10.png", layout), split, val_frames)
-        self.pairs = [
-            PairFiles(
-                images / f"{stem}_10.png",
-                images / f"{stem}_11.png",
-                training / folders["flow"] / f"{stem}_10.png",
-                f"kitti{year}/{stem}",
-            )
-            for stem in stems
-        ]
-        _require_files(self.pairs, training, layout)
+        self.pairs = _kitti_pairs(self.root, year, split, val_frames, "flow")
 
     def ground_truth(self, path: Path) -> dict[str, torch.Tensor]:
         return _kitti_flow(path)
