@@ -50,9 +50,10 @@ DOWNSTREAM_TASKS = {
 """Tasks ``eval.py`` can rebuild, by the ``task._target_`` stored in the checkpoint, and their data target."""
 
 
-def load_task(path: str | Path) -> tuple[FinetuneTask, dict[str, Any]]:
-    """The task of a downstream Lightning checkpoint with its weights, and the run config it was trained with."""
-    ckpt = load_weights_only(path)
+def load_task(path: str | Path, ckpt: Any = None) -> tuple[FinetuneTask, dict[str, Any]]:
+    """The task of a downstream Lightning checkpoint with its weights, and the run config it was trained with.
+    ``ckpt``: the file's content when the caller has already read it."""
+    ckpt = load_weights_only(path) if ckpt is None else ckpt
     run_cfg = ckpt.get("cfg") if isinstance(ckpt, dict) else None
     target = (run_cfg or {}).get("task", {}).get("_target_")
     if target not in DOWNSTREAM_TASKS:

@@ -47,7 +47,7 @@ def load_predictor(path: str | Path, kind: str) -> tuple[Predictor, tuple[int, i
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         from croco.tasks.evaluate import load_task
 
-        task, _ = load_task(path)
+        task, _ = load_task(path, ckpt)
         if getattr(task, "kind", None) != kind:
             raise CheckpointError(f"{path}: a {getattr(task, 'kind', type(task).__name__)} checkpoint, not {kind}")
         return (lambda a, b: task.net(a, b)), task.window, task.hparams.conf_mode
