@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean
+.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean habitat-data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies (torch 2.14.1, torchvision 0.29.1, ...)
 
-pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated into data/ on first use)
+pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated into data/ in the background on first use)
 	$(PY) train.py experiment=pretrain
 
 smoke: $(STAMP)  ## a tiny CroCo that visibly learns, and uses view 2, on a CPU in about 6 minutes
@@ -37,9 +37,28 @@ test-slow: $(STAMP)  ## only the slow tests
 	$(PY) -m pytest -m slow -q $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks: model step throughput, data pipeline, pair generation (rows go to docs/benchmarks.md)
-	$(PY) -m croco.bench.model
+	$(PY) -m croco.bench.model --variants official project project-compiled
+	$(PY) -m croco.bench.model --variants official project project-compiled --precision bf16
 	$(PY) -m croco.bench.data
 	$(PY) -m croco.bench.generate
+
+# habitat-sim is conda-only, so this target runs in the conda environment of environment-habitat.yml (its
+# `python`), not in .venv. Scene dataset under data/habitat-sim-data/scene_datasets/<dataset>/ -> one shard per
+# scene in HABITAT_OUT -> HABITAT_OUT/metadata.json (cameras only, shareable; `python generate.py source=habitat
+# metadata=...` renders the same pairs again). Resumable: rerun the same command. Cluster: pass
+# HABITAT_ARGS='num_jobs=16 job_index=3', or any other generate.py key (pairs_per_scene=..., 'scenes=[...]').
+HABITAT_PY ?= python
+SCENE_DATASET ?= habitat_test_scenes
+SPLIT ?= null
+HABITAT_OUT ?= data/habitat_$(SCENE_DATASET)
+HABITAT_ARGS ?=
+habitat-data:  ## habitat-sim pairs: SCENE_DATASET=hm3d|scannet|replica|replicacad|gibson|habitat_test_scenes SPLIT=...
+	@$(HABITAT_PY) -c "import habitat_sim" >/dev/null 2>&1 || { echo "habitat-data: habitat-sim is not \
+	installed for $(HABITAT_PY); run: conda env create -f environment-habitat.yml && conda activate croco-habitat" >&2; \
+	exit 1; }
+	$(HABITAT_PY) generate.py source=habitat scene_dataset=$(SCENE_DATASET) split=$(SPLIT) out=$(HABITAT_OUT) \
+		$(HABITAT_ARGS)
+	$(HABITAT_PY) -m croco.synth.metadata export $(HABITAT_OUT) --out $(HABITAT_OUT)/metadata.json
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check src tests train.py generate.py

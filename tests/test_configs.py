@@ -125,7 +125,7 @@ def test_loggers_and_callbacks_instantiate(compose_train, monkeypatch):
     assert wandb._offline is True  # no API key -> offline, never online by accident
     assert (Path(cfg.paths.run_dir) / "wandb_id.txt").read_text().strip() == wandb._id
     names = {type(c).__name__ for c in build_callbacks(cfg.callbacks)}
-    assert names == {"RunCheckpoint", "Panels", "ThroughputMonitor", "ExportOfficialCheckpoint"}
+    assert names == {"RunCheckpoint", "Panels", "ThroughputMonitor", "RunPlan", "ExportOfficialCheckpoint"}
 
 
 def test_wandb_id_is_kept_when_resuming_and_renewed_when_not(tmp_path):

@@ -1,8 +1,10 @@
 """The package's layers: every import points down, and the library parts work from a plain install.
 
-Layers, bottom up: ``utils`` <- ``geometry``, ``models`` <- ``data`` <- ``synth`` <- ``tasks`` <- entry points;
+Layers, bottom up: ``utils`` <- ``geometry``, ``models`` <- ``data`` <- ``synth``, ``importers`` <- ``tasks`` <-
+entry points;
 ``eval`` (accuracy metrics) sits on ``models`` and ``data`` and serves ``tasks``; ``bench`` measures any of
-them. A module may import its own layer and the layers below it, nothing above.
+them; ``demo`` (the reconstruction demo) sits on ``tasks`` and ``importers``. A module may import its own layer
+and the layers below it, nothing above.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"models", "utils"},
     "data": {"data", "geometry", "utils"},
     "synth": {"synth", "data", "geometry", "utils"},
+    "importers": {"importers", "data", "geometry", "utils"},
     "eval": {"eval", "models", "data", "geometry", "utils"},
     "tasks": {"tasks", "eval", "models", "data", "geometry", "utils"},
     "bench": {"bench", "tasks", "eval", "synth", "models", "data", "geometry", "utils"},
+    "demo": {"demo", "tasks", "eval", "importers", "models", "data", "geometry", "utils"},
 }
 
 

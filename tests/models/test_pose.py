@@ -114,8 +114,22 @@ def test_head_trains_through_the_loss():
     grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("head.")}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert (
-        grads["head.mlp.3.bias"].abs().sum() > 0 and model.enc_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+        grads["head.mlp.2.bias"].abs().sum() > 0 and model.enc_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     )
+
+
+def test_head_sees_where_each_token_is():
+    """Moving the same tokens to other image positions changes the pose (a plain mean pool would not)."""
+    model = CroCoDownstreamBinocular(RelativePoseHead(hidden=16), **TINY)
+    head = model.head
+    with torch.no_grad():  # a non-trivial last layer (it starts at the identity for every input)
+        torch.nn.init.normal_(head.mlp[-1].weight, std=0.5)
+    grid = 32 // TINY["patch_size"]
+    tokens = torch.randn(1, grid * grid, TINY["dec_embed_dim"])
+    moved = tokens.flip(1)
+    assert not torch.allclose(head(tokens, (32, 32)), head(moved, (32, 32)), atol=1e-6)
+    with pytest.raises(ValueError, match="do not tile a"):
+        head(tokens, (32, 48))
 
 
 def test_pose_loss_values():

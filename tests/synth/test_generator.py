@@ -196,8 +196,8 @@ def test_unusable_scenes_are_skipped_counted_and_the_choice_is_deterministic(mon
     )
     sampler = PairSampler(WallRenderer(), config.options)
     stats = GenerationStats()
-    pair, scene_id = generate_module._sample_slot(config, sampler, 2, stats)  # slot 2: scene 0 is broken -> 1
-    assert scene_id == "yard" and stats.scenes_skipped == 1 and stats.pairs == 1
+    pair, scene = generate_module._sample_slot(config, sampler, 2, stats)  # slot 2: scene 0 is broken -> 1
+    assert scene.scene_id == "yard" and stats.scenes_skipped == 1 and stats.pairs == 1
     assert "skipped: habitat scene broken.glb: no navmesh" in capsys.readouterr().out
     again, _ = generate_module._sample_slot(config, sampler, 2, GenerationStats())
     assert np.array_equal(pair.pose1, again.pose1) and np.array_equal(pair.pose2, again.pose2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,16 @@ class PairSource:
                 )
             return cls(Path(str(entry["path"])), weight)
         raise ValueError(f"data source {entry!r}: expected a path or a {{path, weight}} mapping")
+
+
+_SCANNET_RESCAN = re.compile(r"(?<![A-Za-z0-9])(scene\d{4})_\d{2}(?![0-9])")
+
+
+def normalise_scene_id(scene: str) -> str:
+    """The scene id that decides the train / val split, for writers of shards (the importers): ScanNet's rescan
+    suffix is dropped, since ``scene0001_00`` and ``scene0001_01`` scan one room and must never straddle the
+    split (also inside a path, ``scans/scene0001_01/color``); backslashes become ``/``; the rest is kept."""
+    return _SCANNET_RESCAN.sub(r"\1", str(scene).replace("\\", "/").strip())
 
 
 def is_val_scene(scene: str, val_fraction: float) -> bool:
@@ -82,12 +93,19 @@ class SplitReport:
     val: int = 0
     dropped_train: int = 0  # outside the overlap range
     dropped_val: int = 0
+    unknown_overlap: int = 0  # kept whatever the overlap range: nothing says they are outside it
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         summary = (
             f"{self.pairs} pairs in {self.shards} shards: train {self.train}, val {self.val} "
-            f"(overlap filter dropped {self.dropped_train} train / {self.dropped_val} val pairs)"
+            f"(overlap filter dropped {self.dropped_train} train / {self.dropped_val} val pairs"
+            + (
+                f"; {self.unknown_overlap} pairs of unknown overlap kept unfiltered"
+                if self.unknown_overlap
+                else ""
+            )
+            + ")"
         )
         out = [summary]
         out += [f"  {name}: {counts}" for name, counts in self.per_source.items()]
@@ -97,7 +115,10 @@ class SplitReport:
 def build_index(
     sources: Sequence[PairSource], overlap_min: float, overlap_max: float, val_fraction: float
 ) -> tuple[PairIndex, PairIndex, SplitReport]:
-    """Open every shard of every source and split its pairs into (train, val) by scene, overlap-filtered."""
+    """Open every shard of every source and split its pairs into (train, val) by scene, overlap-filtered.
+
+    A pair whose overlap is unknown (NaN, e.g. an imported folder of images without geometry) is kept: the filter
+    applies where the overlap is known, and the report counts the unfiltered pairs."""
     readers: list[ShardReader] = []
     columns: dict[str, dict[str, list[np.ndarray]]] = {
         split: {"shard": [], "local": [], "source": [], "overlap": []} for split in ("train", "val")
@@ -105,7 +126,7 @@ def build_index(
     report = SplitReport()
     val_of_scene: dict[str, bool] = {}
     for source_id, source in enumerate(sources):
-        counts = {"shards": 0, "pairs": 0, "train": 0, "val": 0, "dropped": 0}
+        counts = {"shards": 0, "pairs": 0, "train": 0, "val": 0, "dropped": 0, "unknown_overlap": 0}
         for path in list_shards(source.path):
             reader = ShardReader(path)
             shard_id = len(readers)
@@ -115,7 +136,10 @@ def build_index(
                 dtype=bool,
                 count=len(reader),
             )
-            in_range = (reader.overlap >= overlap_min) & (reader.overlap <= overlap_max)
+            unknown = np.isnan(reader.overlap)
+            in_range = ((reader.overlap >= overlap_min) & (reader.overlap <= overlap_max)) | unknown
+            counts["unknown_overlap"] += int(unknown.sum())
+            report.unknown_overlap += int(unknown.sum())
             counts["shards"] += 1
             counts["pairs"] += len(reader)
             counts["dropped"] += int((~in_range).sum())

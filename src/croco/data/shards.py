@@ -22,6 +22,7 @@ import errno
 import functools
 import io
 import json
+import math
 import os
 import re
 import zlib
@@ -37,11 +38,13 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-SCHEMA_VERSION: int = 2
+SCHEMA_VERSION: int = 3
 """Bumped whenever the meaning or layout of an existing field changes; adding a new optional field does not.
-2: the required per-image checksums ``image_crc32`` (docs/data-format.md, 'Versioning')."""
-READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
-"""Versions this code reads; version-1 shards have no checksums, so their images are not verified."""
+2: the required per-image checksums ``image_crc32``; 3: NaN marks an unknown value in ``K*``, ``pose*``,
+``covis*``, ``overlap`` and the depths (docs/data-format.md, 'Versioning', 'Unknown values')."""
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
+"""Versions this code reads; version-1 shards have no checksums, so their images are not verified; shards
+before version 3 have no unknown values."""
 
 FORMAT_NAME = "croco-pairs"
 IMAGE_FORMATS = ("jpeg", "png")
@@ -110,16 +113,19 @@ class PairRecord:
     reference view. ``K*`` are pinhole intrinsics in pixels, ``pose*`` camera-to-world transforms in OpenCV camera
     axes (x right, y down, z forward). Depth is metric depth along the camera z axis with 0 marking invalid
     pixels (stored as float16). ``extras`` carries per-pair task ground truth under dataset names of its own.
+
+    Unknown values (schema version 3): ``None`` for a camera matrix or a co-visibility, NaN for a depth pixel;
+    the shard stores them as NaN and reads them back as NaN (see ``is_unknown``), so that nothing is invented.
     """
 
     image1: np.ndarray
     image2: np.ndarray
-    K1: np.ndarray
-    K2: np.ndarray
-    pose1: np.ndarray
-    pose2: np.ndarray
-    covis12: float
-    covis21: float
+    K1: np.ndarray | None
+    K2: np.ndarray | None
+    pose1: np.ndarray | None
+    pose2: np.ndarray | None
+    covis12: float | None
+    covis21: float | None
     scene: str
     depth1: np.ndarray | None = None
     depth2: np.ndarray | None = None
@@ -127,8 +133,19 @@ class PairRecord:
 
     @property
     def overlap(self) -> float:
-        """The co-visibility used to select pairs: the smaller of the two directional fractions."""
+        """The co-visibility used to select pairs: the smaller of the two directional fractions (NaN if unknown)."""
+        if is_unknown(self.covis12) or is_unknown(self.covis21):
+            return math.nan
         return float(min(self.covis12, self.covis21))
+
+
+def is_unknown(value: Any) -> bool:
+    """Whether a stored value is the schema's "unknown" marker: ``None`` (in a ``PairRecord``) or NaN (a whole
+    NaN matrix or scalar, as a shard stores and reads it back)."""
+    if value is None:
+        return True
+    array = np.asarray(value, dtype=np.float64)
+    return bool(array.size) and bool(np.all(np.isnan(array)))
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -377,10 +394,15 @@ class ShardWriter:
             dtype = getattr(image, "dtype", type(image).__name__)
             raise self._fail(f"{name} must be uint8 of shape {expected}, got {shape} {dtype}")
 
-    def _check_matrix(self, name: str, value: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    def _check_matrix(self, name: str, value: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+        """A finite matrix, or all-NaN for an unknown one (``None`` or all-NaN given)."""
+        if is_unknown(value):
+            return np.full(shape, np.nan)
         array = np.asarray(value, dtype=np.float64)
         if array.shape != shape or not np.all(np.isfinite(array)):
-            raise self._fail(f"{name} must be a finite {shape} matrix, got shape {array.shape}")
+            raise self._fail(
+                f"{name} must be a finite {shape} matrix (or None: unknown), got shape {array.shape}"
+            )
         return array
 
     @staticmethod
@@ -426,10 +448,13 @@ class ShardWriter:
             "pose1": self._check_matrix("pose1", record.pose1, (4, 4)),
             "pose2": self._check_matrix("pose2", record.pose2, (4, 4)),
         }
+        covis = {}
         for name in ("covis12", "covis21"):
-            value = float(getattr(record, name))
-            if not 0.0 <= value <= 1.0:
-                raise self._fail(f"{name} must be a fraction in [0, 1], got {value}")
+            raw = getattr(record, name)
+            value = math.nan if is_unknown(raw) else float(raw)
+            if not (math.isnan(value) or 0.0 <= value <= 1.0):
+                raise self._fail(f"{name} must be a fraction in [0, 1] (or None: unknown), got {value}")
+            covis[name] = value
         if not isinstance(record.scene, str) or not record.scene:
             raise self._fail(f"scene must be a non-empty string, got {record.scene!r}")
         optional: dict[str, np.ndarray] = {}
@@ -473,8 +498,8 @@ class ShardWriter:
         self._crc32.append((zlib.crc32(encoded[0]), zlib.crc32(encoded[1])))
         for name, value in cameras.items():
             self._meta[name].append(value)
-        self._meta["covis12"].append(float(record.covis12))
-        self._meta["covis21"].append(float(record.covis21))
+        self._meta["covis12"].append(covis["covis12"])
+        self._meta["covis21"].append(covis["covis21"])
         self._meta["scene"].append(record.scene)
         self._count += 1
 

@@ -8,8 +8,8 @@ Continuity of Rotation Representations in Neural Networks" (CVPR 2019): the firs
 
 :class:`RelativePoseHead` plugs into ``croco.models.downstream.CroCoDownstreamBinocular`` like the DPT head
 (``setup(net)``, ``forward(features, image_size)``, ``return_all_blocks``): it takes the last (normalised) decoder
-output, the image-1 tokens after cross-attending image 2, mean-pools them and regresses rotation parameters and
-a translation, as one (B, P + 3) tensor (P = 6 for "6d", 4 for "quat"); :func:`split_pose` turns it into
+output, the image-1 tokens after cross-attending image 2, maps each with its image position, mean-pools them and
+regresses rotation parameters and a translation, as one (B, P + 3) tensor (P = 6 for "6d", 4 for "quat"); :func:`split_pose` turns it into
 (R (B, 3, 3), unit translation (B, 3)). Two images fix the translation up to scale, so only its direction is
 supervised (:class:`PoseLoss`) and evaluated.
 """
@@ -155,7 +155,13 @@ def _param_size(param: str) -> int:
 
 
 class RelativePoseHead(nn.Module):
-    """Mean pool of the last decoder tokens, then LayerNorm, Linear(D, hidden), GELU, Linear(hidden, P + 3).
+    """A per-token MLP on each normalised decoder token and its image position, mean-pooled, then an MLP to P + 3.
+
+    Each token ``f_i`` at normalised patch centre ``(x_i, y_i)`` in [-1, 1] gives ``h_i = GELU(Linear([LN(f_i),
+    x_i, y_i]))``; the pose is ``Linear(GELU(Linear(mean_i h_i)))``. Why positions: a relative pose is a function
+    of where each match lies in the image (the eight-point algorithm weighs every correspondence by its
+    coordinates), and a plain mean of the tokens forgets where each one was; with RoPE the tokens carry no
+    absolute position of their own.
 
     Output (B, P + 3): rotation parameters (6D, Zhou et al. 2019, or a quaternion (w, x, y, z)), then the
     translation (unnormalised); :func:`split_pose` reads it. Initialisation: the rotation rows of the last layer
@@ -171,6 +177,9 @@ class RelativePoseHead(nn.Module):
         self.param = param
         self.rot_size = _param_size(param)
         self.hidden = int(hidden)
+        self.patch_size: tuple[int, int] | None = None
+        self.norm: nn.LayerNorm | None = None
+        self.token_mlp: nn.Sequential | None = None
         self.mlp: nn.Sequential | None = None
 
     def setup(self, net: nn.Module) -> None:
@@ -183,20 +192,45 @@ class RelativePoseHead(nn.Module):
             nn.init.trunc_normal_(last.weight[self.rot_size :], std=0.02)
             identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0] if self.param == "6d" else [1.0, 0.0, 0.0, 0.0]
             last.bias.copy_(torch.tensor(identity + [0.0, 0.0, 0.0]))
-        first = nn.Linear(dim, self.hidden)
-        nn.init.trunc_normal_(first.weight, std=0.02)
-        nn.init.zeros_(first.bias)
-        self.mlp = nn.Sequential(nn.LayerNorm(dim), first, nn.GELU(), last)
+        self.patch_size = _pair(net.croco_kwargs["patch_size"])
+        self.norm = nn.LayerNorm(dim)
+        self.token_mlp = nn.Sequential(_linear(dim + 2, self.hidden), nn.GELU())
+        self.mlp = nn.Sequential(_linear(self.hidden, self.hidden), nn.GELU(), last)
 
     def forward(self, tokens: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         if self.mlp is None:
             raise RuntimeError("RelativePoseHead.setup() must be called before forward")
         if tokens.ndim != 3:
             raise ValueError(f"expected the last decoder tokens (B, N, D), got {tuple(tokens.shape)}")
-        return self.mlp(tokens.mean(dim=1))
+        grid = (image_size[0] // self.patch_size[0], image_size[1] // self.patch_size[1])
+        if grid[0] * grid[1] != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens do not tile a {tuple(image_size)} image in "
+                             f"{self.patch_size} patches")  # fmt: skip
+        positions = patch_centres(grid, tokens.device, tokens.dtype).expand(tokens.shape[0], -1, -1)
+        per_token = self.token_mlp(torch.cat([self.norm(tokens), positions], dim=-1))
+        return self.mlp(per_token.mean(dim=1))
 
     def extra_repr(self) -> str:
         return f"param={self.param!r}, hidden={self.hidden}"
+
+
+def patch_centres(grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, H * W, 2): the (x, y) centres of a row-major grid of patches, normalised to [-1, 1] over the image."""
+    ys = (torch.arange(grid[0], device=device, dtype=dtype) + 0.5) / grid[0] * 2 - 1
+    xs = (torch.arange(grid[1], device=device, dtype=dtype) + 0.5) / grid[1] * 2 - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x, y], dim=-1).reshape(1, -1, 2)
+
+
+def _linear(fan_in: int, fan_out: int) -> nn.Linear:
+    layer = nn.Linear(fan_in, fan_out)
+    nn.init.trunc_normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class PoseLoss(nn.Module):

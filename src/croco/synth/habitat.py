@@ -19,12 +19,17 @@ thin calls below are habitat-specific:
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import math
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from croco.data.index import normalise_scene_id
 from croco.synth.render import Renderer, Rendering, SceneUnusable
 
 try:  # pragma: no cover - exercised only where habitat-sim is installed
@@ -45,8 +50,9 @@ def require_habitat() -> None:
     """Raise a one-line error unless habitat-sim can be imported."""
     if not HABITAT_AVAILABLE:
         raise ImportError(
-            "renderer 'habitat' needs habitat-sim (conda install habitat-sim -c conda-forge -c aihabitat, "
-            f"headless build); import failed with {_IMPORT_ERROR}"
+            "renderer 'habitat' needs habitat-sim, which pip cannot install: conda env create -f "
+            "environment-habitat.yml (or conda install habitat-sim withbullet headless -c conda-forge "
+            f"-c aihabitat-nightly in a Python 3.11 env; README, habitat-sim); import failed with {_IMPORT_ERROR}"
         )
 
 
@@ -93,7 +99,8 @@ def habitat_camera_state(pose: np.ndarray) -> tuple[np.ndarray, tuple[float, flo
 
 
 class HabitatScene:
-    """A loaded Habitat scene as a ``NavigableScene`` backed by the simulator's pathfinder."""
+    """A loaded Habitat scene as a ``NavigableScene`` backed by the simulator's pathfinder; ``scene_id`` is the
+    split id (``normalise_scene_id``), ``path`` the scene file."""
 
     def __init__(self, scene_id: str, path: str, pathfinder) -> None:
         self.scene_id = scene_id
@@ -112,13 +119,111 @@ class HabitatScene:
         return bool(self.pathfinder.is_navigable(np.asarray(point, dtype=np.float32)))
 
 
+SCENE_SUFFIXES = (".basis.glb", ".glb", ".ply", ".obj", ".scene_instance.json")
+GENERIC_SCENE_NAMES = ("mesh", "mesh_semantic", "scene", "habitat", "textured")
+"""File (or folder) names that do not name a scene, e.g. Replica's ``apartment_0/habitat/mesh_semantic.ply``:
+the scene id is then the nearest parent folder with another name."""
+
+
 def scene_id_from_path(path: str | os.PathLike) -> str:
-    """Stable scene id: the file name without its (possibly double) extension, e.g. ``wcojb4TFT35``."""
-    name = Path(path).name
-    for suffix in (".basis.glb", ".glb", ".ply", ".obj", ".scene_instance.json"):
+    """Stable scene id of a scene file: its name without the (possibly double) extension, e.g. ``wcojb4TFT35``
+    for HM3D's ``00800-TEEsavR23oF/wcojb4TFT35.basis.glb``; generic names (``mesh_semantic.ply``) take the
+    nearest informative parent folder (``apartment_0``). ScanNet's ``scene0000_00_vh_clean.glb`` gives
+    ``scene0000_00``; ``croco.data.index.normalise_scene_id`` then drops the rescan number for the split
+    (``HabitatScene.scene_id``)."""
+    path = Path(path)
+    name = path.name
+    for suffix in SCENE_SUFFIXES:
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = path.stem
+    scannet = re.match(r"^(scene\d{4}_\d{2})", name)
+    if scannet:
+        return scannet.group(1)
+    for part in [name, *(parent.name for parent in path.parents)]:
+        if part and part not in GENERIC_SCENE_NAMES:
+            return part
+    return name
+
+
+def resolve_scene_dataset(
+    preset: str,
+    datasets: Mapping[str, Mapping],
+    data_root: str | os.PathLike,
+    split: str | None,
+    scenes: Sequence[str] = (),
+) -> tuple[list[Path], Path | None]:
+    """(scene files, scene dataset config or None) of a scene-dataset preset (``conf/source/habitat.yaml``).
+
+    ``datasets[preset]`` has ``splits`` (split name -> glob patterns relative to ``data_root``) and
+    ``config`` (a ``*.scene_dataset_config.json`` relative to ``data_root``, or null). ``split`` null takes
+    the preset's only split when it has one. ``scenes`` keeps the files whose scene id (raw or normalised)
+    matches one of these fnmatch patterns (e.g. ``scene0000_*``). Errors are one line naming the value.
+    """
+    if preset not in datasets:
+        raise ValueError(f"scene_dataset={preset}: unknown preset; allowed: {', '.join(sorted(datasets))}")
+    entry = datasets[preset]
+    splits = dict(entry["splits"])
+    if split is None:
+        if len(splits) != 1:
+            raise ValueError(f"scene_dataset={preset}: choose split= one of {', '.join(splits)}")
+        split = next(iter(splits))
+    if split not in splits:
+        raise ValueError(f"split={split}: scene_dataset={preset} has splits {', '.join(splits)}")
+    root = Path(data_root)
+    files: list[Path] = []
+    for pattern in splits[split]:
+        matches = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
+        if not matches:
+            raise FileNotFoundError(
+                f"scene_dataset={preset} split={split}: {root / pattern} matches no file (download the scene "
+                f"dataset under {root}, or set source.data_root)"
+            )
+        files.extend(matches)
+    # HM3D's semantic meshes sit next to the scenes and are no scenes themselves
+    files = _prefer_basis([f for f in files if not f.name.endswith(".semantic.glb")])
+    if scenes:
+        wanted = [str(s) for s in scenes]
+        files = [
+            f
+            for f in files
+            if any(
+                fnmatch.fnmatchcase(scene_id_from_path(f), w)
+                or fnmatch.fnmatchcase(normalise_scene_id(scene_id_from_path(f)), w)
+                for w in wanted
+            )
+        ]
+        if not files:
+            raise ValueError(f"scenes={wanted}: no scene of scene_dataset={preset} split={split} matches")
+    config = entry.get("config")
+    return files, (root / config if config else None)
+
+
+def _prefer_basis(files: list[Path]) -> list[Path]:
+    """HM3D ships ``x.glb`` and ``x.basis.glb`` (compressed textures); keep the ``.basis.glb`` one when both
+    match, as the released generator does."""
+    names = {str(f) for f in files}
+    return [
+        f
+        for f in files
+        if f.name.endswith(".basis.glb")
+        or not f.name.endswith(".glb")
+        or f"{str(f)[:-4]}.basis.glb" not in names
+    ]
+
+
+def relative_scene_file(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """``path`` relative to the scene-dataset root when it lies under it (metadata stays portable), else as
+    given."""
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
 
 
 class HabitatRenderer(Renderer):
@@ -184,7 +289,7 @@ class HabitatRenderer(Renderer):
             self._sim.recompute_navmesh(pathfinder, settings)
         if not pathfinder.is_loaded:
             raise SceneUnusable(f"habitat scene {path}: no navmesh and none could be computed")
-        self._scene = HabitatScene(scene_id_from_path(path), path, pathfinder)
+        self._scene = HabitatScene(normalise_scene_id(scene_id_from_path(path)), path, pathfinder)
         return self._scene
 
     def render(self, scene: HabitatScene, K: np.ndarray, pose: np.ndarray) -> Rendering:

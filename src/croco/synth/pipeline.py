@@ -18,31 +18,36 @@ stop with one line, leave the finished shards and no temporary file, and the sam
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import hashlib
 import math
-import multiprocessing
 import os
-import re
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from croco.data.shards import NoSpaceError, ShardError, ShardReader, ShardWriter, is_no_space
+from croco.data.shard_jobs import (  # noqa: F401  (GenerationInterrupted: raised from here, imported from here)
+    GenerationInterrupted,
+    folder_lock,
+    normalise_attr,
+    remove_temporaries,
+    run_shard_jobs,
+)
+from croco.data.shards import ShardError, ShardReader, ShardWriter
 from croco.synth.render import CpuRenderer, Renderer, SceneUnusable
 from croco.synth.sampler import GenerationStats, PairOptions, PairSampler, ViewPair, pair_record, pair_rng
 from croco.synth.scene import SURFACE_CLASSES
 from croco.synth.viewpoints import NavigableScene, SamplingRules
-from croco.utils.files import remove_stale_temporaries
-from croco.utils.locks import FolderLock, pid_alive
+from croco.utils.locks import FolderLock
 
 RENDERERS = ("cpu", "habitat")
+SCENE_FILES = "scene_files"
+"""Shard attribute of habitat shards: the scene files of its pairs (relative to the scene-dataset root)."""
+SCENE_FILE_INDEX = "scene_file_index"
+"""Per-pair extra of habitat shards: the index of the pair's scene file in ``scene_files``."""
 PIXEL_CONVENTION = "pixel (row v, col u) has its centre at (u + 0.5, v + 0.5); K principal point W/2, H/2"
 GENERATOR_NAME = "croco.data.generate"
 """The generator's name in shard attributes (the resume check compares it; kept from the first release so that
@@ -51,10 +56,6 @@ GENERATOR_VERSION = 2
 """Bumped when the same settings would produce different pairs (resume refuses to mix versions). 2: rooms with
 doors, windows, curved primitives and more furniture, aperiodic textures with a macro layer, the structure
 filter."""
-
-
-class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during generation, after the clean-up; the message counts the finished shards that were kept."""
 
 
 # --------------------------------------------------------------------------------------------- configuration
@@ -74,6 +75,8 @@ class GeneratorConfig:
     habitat_scenes: tuple[str, ...] = ()
     scene_dataset_config: str | None = None
     gpu_device_id: int = 0
+    scene_root: str | None = None
+    """Folder the habitat scene files are recorded relative to (``scene_files``), so metadata stays portable."""
 
     @property
     def source(self) -> str:
@@ -98,18 +101,31 @@ class GeneratorConfig:
                 for k, v in dataclasses.asdict(options).items()
                 if k not in ("task", "overlap_min", "overlap_max", "rtol", "rules")
             },
-            "scene_dataset_config": self.scene_dataset_config or "",
+            "scene_dataset_config": _relative(self.scene_dataset_config, self.scene_root),
             "with_depth": bool(self.depth or options.task != "pretrain"),
             "world_frame": "y up, floor at y=0, metres",
             "camera_axes": "OpenCV (x right, y down, z forward); poses camera-to-world",
             "pixel_convention": PIXEL_CONVENTION,
             "sampling_rules": dataclasses.asdict(options.rules),
-            "habitat_scenes": list(self.habitat_scenes),
+            # the scene list can hold thousands of paths, more than an HDF5 attribute holds: its digest
+            "habitat_scene_count": len(self.habitat_scenes),
+            "habitat_scenes_sha1": hashlib.sha1("\n".join(self.habitat_scenes).encode()).hexdigest()
+            if self.habitat_scenes
+            else "",
             # names of the semantics1/semantics2 values (stored by the CPU renderer for the task shards)
             "surface_classes": list(SURFACE_CLASSES)
             if self.renderer == "cpu" and options.task != "pretrain"
             else [],
         }
+
+
+def _relative(path: str | None, root: str | None) -> str:
+    """A habitat file as shards record it: relative to the scene-dataset root when under it ("" for none)."""
+    if not path:
+        return ""
+    from croco.synth.habitat import relative_scene_file
+
+    return relative_scene_file(path, root)
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ MAX_SCENE_FALLBACKS = 8
 
 def _sample_slot(
     config: GeneratorConfig, sampler: PairSampler, pair_index: int, stats: GenerationStats
-) -> tuple[ViewPair, str]:
+) -> tuple[ViewPair, NavigableScene]:
     """The pair of one slot, from its scene. A scene that gives no pair (no navmesh, nothing in the overlap
     range) is skipped, counted and logged, and the slot tries the next scene index: the same choice whatever
     the split into jobs, workers and resumes, since it depends on the slot alone."""
@@ -190,7 +206,7 @@ def _sample_slot(
         try:
             scene = _worker_scene(config, first + offset)
             pair = sampler.sample(scene, pair_rng(config.seed, config.options.task, pair_index), stats)
-            return pair, scene.scene_id
+            return pair, scene
         except SceneUnusable as error:
             stats.scenes_skipped += 1
             print(f"[generate] skipped: {error}", flush=True)
@@ -215,40 +231,33 @@ def write_shard(job: ShardJob, on_pair: Callable[[], None] | None = None) -> tup
         jpeg_quality=config.jpeg_quality,
         attrs=attrs,
     ) as writer:
+        scene_files: list[str] = []  # habitat: the scene file of every pair, for the metadata export
         for pair_index in range(job.first_pair, job.first_pair + job.count):
-            pair, scene_id = _sample_slot(config, sampler, pair_index, stats)
-            writer.add(
-                pair_record(
-                    pair, scene_id, config.options.task, with_depth=config.depth, rtol=config.options.rtol
-                )
+            pair, scene = _sample_slot(config, sampler, pair_index, stats)
+            record = pair_record(
+                pair, scene.scene_id, config.options.task, with_depth=config.depth, rtol=config.options.rtol
             )
+            if config.renderer == "habitat":
+                scene_file = _relative(scene.path, config.scene_root)
+                if scene_file not in scene_files:
+                    scene_files.append(scene_file)
+                record.extras[SCENE_FILE_INDEX] = np.int32(scene_files.index(scene_file))
+            writer.add(record)
             if on_pair is not None:
                 on_pair()
         # attempt/reject counts are known only now: stored as the shard attribute generation_stats
         writer.update_attrs({"generation_stats": stats.as_dict()})
+        if scene_files:
+            writer.update_attrs({SCENE_FILES: scene_files})
     return job.path, stats.as_dict()
 
 
 # --------------------------------------------------------------------------------------------- driver
 
 
-_PROGRESS = None  # multiprocessing.Value in pool workers
-
-
-def _init_worker(counter) -> None:
-    global _PROGRESS
-    _PROGRESS = counter
-    # Ctrl-C reaches the whole process group: the parent alone reports it and terminates the workers, instead
-    # of every worker printing its own traceback
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _pool_write_shard(job: ShardJob) -> tuple[str, dict[str, int]]:
-    def tick() -> None:
-        with _PROGRESS.get_lock():
-            _PROGRESS.value += 1
-
-    return write_shard(job, tick)
+def _write_shard_stats(job: ShardJob, on_pair: Callable[[], None] | None = None) -> dict[str, int]:
+    """``write_shard`` as the shared runner calls it (``croco.data.shard_jobs``): the statistics only."""
+    return write_shard(job, on_pair)[1]
 
 
 def _check_existing(path: Path, config: GeneratorConfig, job: ShardJob) -> None:
@@ -262,25 +271,13 @@ def _check_existing(path: Path, config: GeneratorConfig, job: ShardJob) -> None:
     expected["jpeg_quality"] = config.jpeg_quality  # a schema attribute, written by the ShardWriter
     found = dict(reader.attrs)
     for key, value in expected.items():
-        if _normalise_attr(found.get(key)) != _normalise_attr(value):
+        if normalise_attr(found.get(key)) != normalise_attr(value):
             raise ValueError(
                 f"{path}: existing shard has {key}={found.get(key)!r}, this run wants {value!r}; use another "
                 "out folder or delete the old shards"
             )
     if len(reader) != job.count:
         raise ValueError(f"{path}: existing shard has {len(reader)} pairs, this run wants {job.count}")
-
-
-def _normalise_attr(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normalise_attr(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalise_attr(v) for k, v in value.items()}
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, float):
-        return round(value, 9)
-    return value
 
 
 def generate_pairs(
@@ -307,6 +304,7 @@ def generate_pairs(
     habitat_scenes: Sequence[str] = (),
     scene_dataset_config: str | None = None,
     gpu_device_id: int = 0,
+    scene_root: str | None = None,
     min_structure: float = 0.25,
     exposure_std: float = 0.0,
     white_balance_std: float = 0.0,
@@ -322,7 +320,8 @@ def generate_pairs(
     process owns are removed). ``workers`` > 1 writes shards in that many processes;
     ``num_jobs``/``job_index`` split the shards into contiguous blocks so that cluster jobs write disjoint
     files of the same dataset. ``renderer='habitat'`` renders the ``habitat_scenes`` files (``pairs_per_scene``
-    pairs per scene, cycling) with habitat-sim. ``depth`` stores depth maps for ``pretrain`` (other tasks
+    pairs per scene, cycling) with habitat-sim; its shards record each pair's scene file (``scene_files``,
+    relative to ``scene_root`` when given) for ``croco.synth.metadata``. ``depth`` stores depth maps for ``pretrain`` (other tasks
     always do).
 
     The output folder is locked for the whole generation (``croco.utils.locks.FolderLock``): a second
@@ -386,12 +385,9 @@ def generate_pairs(
         habitat_scenes=tuple(str(s) for s in habitat_scenes),
         scene_dataset_config=scene_dataset_config,
         gpu_device_id=int(gpu_device_id),
+        scene_root=str(scene_root) if scene_root else None,
     )
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(
-            f"{out}: exists and is not a folder; the shards need a folder (choose another out folder)"
-        )
     shard_count = math.ceil(pairs / pairs_per_shard)
     per_job = math.ceil(shard_count / num_jobs)
     indices = range(job_index * per_job, min(shard_count, (job_index + 1) * per_job))
@@ -405,126 +401,35 @@ def generate_pairs(
         )
         for index in indices
     ]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with _generation_lock(out, num_jobs, job_index):
-            _generate_locked(out, jobs, num_jobs, workers, progress, f"task={task}, renderer={renderer}")
-    except NoSpaceError:
-        raise
-    except OSError as error:  # a full disk outside the shard writers (the folder, the lock file)
-        if is_no_space(error):
-            raise NoSpaceError(
-                f"no space left on {out}: free some space and rerun the same command"
-            ) from error
-        raise
+    result = run_shard_jobs(
+        out,
+        jobs,
+        write=_write_shard_stats,
+        check_existing=lambda job: _check_existing(Path(job.path), config, job),
+        num_jobs=num_jobs,
+        job_index=job_index,
+        workers=workers,
+        progress=progress,
+        describe=f"task={task}, renderer={renderer}, {config.resolution}x{config.resolution}",
+    )
+    if result.stats:
+        totals = GenerationStats()
+        for stats in result.stats:
+            totals.add(GenerationStats(**stats))
+        print(
+            f"[generate] {result.pairs} pairs in {result.seconds:.1f} s: "
+            f"{result.pairs / max(result.seconds, 1e-9):.1f} pairs/s; {totals.summary()}",
+            flush=True,
+        )
     return [Path(job.path) for job in jobs]
 
 
-def _generate_locked(
-    out: Path, jobs: list[ShardJob], num_jobs: int, workers: int, progress: bool, describe: str
-) -> None:
-    """Check the finished shards and write the missing ones, while this process holds the folder's lock."""
-    config = jobs[0].config if jobs else None
-    stale = _remove_temporaries(out, jobs, num_jobs)
-    pending: list[ShardJob] = []
-    for job in jobs:
-        path = Path(job.path)
-        if path.exists():
-            assert config is not None
-            _check_existing(path, config, job)
-            continue
-        pending.append(job)
-    kept = len(jobs) - len(pending)
-    todo = sum(job.count for job in pending)
-    size = f"{config.resolution}x{config.resolution}" if config is not None else "-"
-    print(
-        f"[generate] {out}: {len(jobs)} shard(s) in this job, {kept} finished and kept, "
-        f"{len(pending)} to write ({todo} pairs, {describe}, {size})"
-        + (f"; removed {stale} stale temporary file(s)" if stale else ""),
-        flush=True,
-    )
-    if not pending:
-        return
-    try:
-        totals, seconds = _run_jobs(pending, todo, workers, progress)
-    except BaseException as error:
-        _remove_temporaries(out, jobs, num_jobs)  # what terminated workers (or this process) left
-        finished = sum(Path(job.path).exists() for job in jobs)
-        kept_text = f"{finished} finished shard{'' if finished == 1 else 's'} kept in {out}"
-        if isinstance(error, KeyboardInterrupt):
-            raise GenerationInterrupted(
-                f"interrupted: {kept_text}, rerun the same command to resume"
-            ) from None
-        if is_no_space(error):
-            raise NoSpaceError(
-                f"no space left on {out}: {kept_text}, no temporary file left; free some space (or choose "
-                "another out folder) and rerun the same command to resume"
-            ) from error
-        raise
-    print(
-        f"[generate] {todo} pairs in {seconds:.1f} s: {todo / max(seconds, 1e-9):.1f} pairs/s; "
-        f"{totals.summary()}",
-        flush=True,
-    )
-
-
-class _JobLock(FolderLock):
-    """A ``FolderLock`` under another file name: one per cluster job, see ``generate_pairs``."""
-
-    def __init__(self, folder: Path, what: str, name: str) -> None:
-        super().__init__(folder, what)
-        self._name = name
-
-    @property
-    def path(self) -> Path:
-        return self.folder / self._name
-
-
 def _generation_lock(out: Path, num_jobs: int, job_index: int) -> FolderLock:
-    if num_jobs == 1:
-        return FolderLock(out, "pair generation")
-    return _JobLock(
-        out, f"pair generation job {job_index} of {num_jobs}", f".lock-job-{job_index}-of-{num_jobs}"
-    )
+    """The generation's lock (``croco.data.shard_jobs.folder_lock``)."""
+    return folder_lock(out, num_jobs, job_index, "pair generation")
 
 
-_TEMPORARY = re.compile(r"^(?P<name>.+?)\.tmp-(?P<pid>\d+)(\..*)?$")
-
-
-def _remove_temporaries(out: Path, jobs: list[ShardJob], num_jobs: int) -> int:
-    """Delete the temporary files that no running writer owns; returns how many.
-
-    Those are the files of dead processes (a killed run, pool workers just terminated) and this process's own
-    (no writer of it is open when this runs, and a container may give a new run the old run's pid). A single
-    generation holds the whole folder and clears it with ``remove_stale_temporaries``; a cluster job touches
-    only its own shards' files, since another job may write from another machine, where its pid means nothing
-    here.
-    """
-    removed = len(remove_stale_temporaries(out)) if num_jobs == 1 else 0
-    names = {Path(job.path).name for job in jobs}
-    for path in out.glob("*.tmp-*"):
-        match = _TEMPORARY.match(path.name)
-        if match is None or match["name"] not in names or not path.is_file():
-            continue
-        pid = int(match["pid"])
-        if pid == os.getpid() or not pid_alive(pid):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C while pool workers start: spawned interpreters inherit the ignored signal and keep it, so
-    an early Ctrl-C cannot interrupt their start-up (``_init_worker`` ignores it for good)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+_remove_temporaries = remove_temporaries
 
 
 def expand_scene_paths(patterns: Sequence[str]) -> list[str]:
@@ -553,50 +458,3 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if int(value) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _run_jobs(
-    jobs: list[ShardJob], total: int, workers: int, progress: bool
-) -> tuple[GenerationStats, float]:
-    from tqdm import tqdm
-
-    totals = GenerationStats()
-    start = time.perf_counter()
-    bar = tqdm(
-        total=total, unit="pair", disable=not progress, desc="generate", dynamic_ncols=True, mininterval=1.0
-    )
-
-    def refresh(done: int) -> None:
-        if done > bar.n:
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{done / max(elapsed, 1e-9):.1f} pairs/s", refresh=False)
-            bar.update(done - bar.n)  # tqdm throttles the redraws (mininterval)
-
-    try:
-        if workers <= 1 or len(jobs) == 1:
-            done = 0
-
-            def tick() -> None:
-                nonlocal done
-                done += 1
-                refresh(done)
-
-            for job in jobs:
-                _, stats = write_shard(job, tick)
-                totals.add(GenerationStats(**stats))
-        else:
-            context = multiprocessing.get_context("spawn")
-            counter = context.Value("q", 0)
-            with _sigint_ignored():
-                pool = context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,))
-            with pool:  # leaving it (also by an error or Ctrl-C) terminates the workers
-                pending = pool.map_async(_pool_write_shard, jobs, chunksize=1)
-                while not pending.ready():
-                    pending.wait(0.5)
-                    refresh(counter.value)
-                for _, stats in pending.get():
-                    totals.add(GenerationStats(**stats))
-            refresh(counter.value)
-    finally:
-        bar.close()
-    return totals, time.perf_counter() - start

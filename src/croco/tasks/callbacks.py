@@ -1,5 +1,6 @@
-"""Callbacks of the training runs: prediction panels, throughput and memory, checkpoints that resume
-exactly and are never half-written, and the export of the official ``.pth`` at the end of training."""
+"""Callbacks of the training runs: prediction panels, throughput and memory, the run's plan and projected wall time,
+checkpoints that resume exactly and are never half-written, and the export of the official ``.pth`` at the end of
+training."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from croco.tasks.base import batch_size_of
+from croco.tasks.base import batch_size_of, effective_batch_size, steps_per_epoch
 from croco.utils.files import atomic_output
 from croco.utils.hardware import memory_in_use_bytes, memory_label
 
@@ -30,6 +32,8 @@ __all__ = [
     "NonFiniteCheckpointError",
     "Panels",
     "RunCheckpoint",
+    "RunPlan",
+    "RunPlanReport",
     "ThroughputMonitor",
     "atomic_save_image",
 ]
@@ -207,6 +211,196 @@ class ThroughputMonitor(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         self._reset()
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12.5 min``, ``3.2 h``, ``16.6 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+CPU_EXPERIMENTS = "experiment=smoke (~6 min) or experiment=crossview_cpu (~30 min)"
+
+
+@dataclass(frozen=True)
+class RunPlanReport:
+    """What a run will cost: its size (from the trainer) and its measured speed (after the warm-up steps)."""
+
+    pairs_per_epoch: int
+    steps_per_epoch: int
+    pairs_per_step: int  # effective batch: per device x devices x nodes x accumulation
+    total_steps: int | None  # None: neither max_steps nor max_epochs bounds the run
+    seconds_per_step: float
+    measured_steps: int  # optimizer steps the speed was measured over
+    from_step: int  # the global step where the measurement ended
+    device: str  # the accelerator's type: cpu, cuda, mps
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs_per_step / self.seconds_per_step
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Projected wall time of the training steps still to run (validation excluded)."""
+        if self.total_steps is None:
+            return None
+        return max(self.total_steps - self.from_step, 0) * self.seconds_per_step
+
+    def advice(self, cpu_limit_s: float = 86400.0) -> str | None:
+        """One line when the plan is absurd for the hardware: a CPU and more than ``cpu_limit_s`` to go."""
+        remaining = self.remaining_s
+        if self.device != "cpu" or remaining is None or remaining <= cpu_limit_s:
+            return None
+        return (f"this run needs {format_duration(remaining)} on a CPU; CPU-sized experiments that learn visibly: "
+                f"{CPU_EXPERIMENTS}")  # fmt: skip
+
+    def line(self) -> str:
+        total = f"{self.total_steps} optimizer steps in total" if self.total_steps is not None else "no end set"
+        remaining = self.remaining_s
+        end = f"projected {format_duration(remaining)} to the end" if remaining is not None else "no projection"
+        return (
+            f"plan: {self.pairs_per_epoch} pairs per epoch ({self.steps_per_epoch} optimizer steps of "
+            f"{self.pairs_per_step} pairs), {total}; measured {self.seconds_per_step:.3g} s/step, "
+            f"{self.pairs_per_s:.3g} pairs/s (over {self.measured_steps} step(s) up to step {self.from_step}, "
+            f"{self.device}); {end} (training steps, validation excluded)"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "plan/pairs_per_epoch": float(self.pairs_per_epoch),
+            "plan/s_per_step": self.seconds_per_step,
+            "plan/pairs_per_s": self.pairs_per_s,
+        }
+        if self.total_steps is not None:
+            out["plan/total_steps"] = float(self.total_steps)
+            out["plan/projected_h"] = float(self.remaining_s or 0.0) / 3600
+        return out
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): the launch-to-first-step time."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return max(time.time() - started, 0.0)
+
+
+def planned_total_steps(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps the run ends at: the lower of ``max_steps`` and ``max_epochs`` x steps per epoch."""
+    bounds = []
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        bounds.append(int(trainer.max_steps))
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        bounds.append(int(trainer.max_epochs) * steps_per_epoch(trainer))
+    return min(bounds) if bounds else None
+
+
+class RunPlan(Callback):
+    """After ``warmup_steps`` optimizer steps (start-up, first batches), measures ``measure_steps`` more and then
+    prints and logs the run's plan (``RunPlanReport``): pairs per epoch, optimizer steps in total, seconds per step,
+    pairs/s and the projected wall time to the end; on a CPU with more than ``cpu_limit_hours`` to go, one more line
+    points to the CPU-sized experiments. A run that ends before the measurement is complete reports what it
+    measured at its end. Validation time is not counted in the speed. The first optimizer step of a launch is
+    logged too, with the time since the process started (what a newcomer waits before anything trains)."""
+
+    def __init__(self, warmup_steps: int = 1, measure_steps: int = 5, cpu_limit_hours: float = 24.0):
+        if warmup_steps < 0 or measure_steps < 1 or not cpu_limit_hours > 0:
+            raise ValueError(f"warmup_steps={warmup_steps}, measure_steps={measure_steps}, cpu_limit_hours="
+                             f"{cpu_limit_hours}: expected >= 0, >= 1 and > 0")  # fmt: skip
+        self.warmup_steps = warmup_steps
+        self.measure_steps = measure_steps
+        self.cpu_limit_s = cpu_limit_hours * 3600
+        self.report: RunPlanReport | None = None
+        self._start: tuple[float, int] | None = None  # (time, global step) where the measurement began
+        self._launch: tuple[float, int] | None = None  # (time, global step) at the start of training
+        self._paused: float | None = None
+        self._batch_start: float | None = None
+        self.first_step_s: tuple[float | None, float] | None = None  # (since the launch, the step itself)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._launch = (time.perf_counter(), trainer.global_step)
+        if self.warmup_steps == 0:
+            self._start = self._launch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_s is None and self._batch_start is None:
+            self._batch_start = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._paused = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._paused is not None:
+            pause = time.perf_counter() - self._paused
+            self._start = (self._start[0] + pause, self._start[1]) if self._start is not None else None
+            self._launch = (self._launch[0] + pause, self._launch[1]) if self._launch is not None else None
+        self._paused = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._launch is None:
+            return
+        step = trainer.global_step
+        if self.first_step_s is None and step > self._launch[1] and self._batch_start is not None:
+            self.first_step_s = (process_age_s(), time.perf_counter() - self._batch_start)
+            since = self.first_step_s[0]
+            if trainer.is_global_zero:
+                log.info("first optimizer step of this launch done%s (the step itself: %s)",
+                         f" {format_duration(since)} after the launch" if since is not None else "",
+                         format_duration(self.first_step_s[1]))  # fmt: skip
+        if self.report is not None:
+            return
+        if self._start is None:
+            if step - self._launch[1] >= self.warmup_steps:
+                self._start = (time.perf_counter(), step)
+            return
+        if step - self._start[1] >= self.measure_steps:
+            self._publish(trainer, pl_module, self._start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.report is not None:
+            return
+        if self._start is not None and trainer.global_step > self._start[1]:
+            self._publish(trainer, pl_module, self._start)
+        elif self._launch is not None and trainer.global_step > self._launch[1]:
+            self._publish(trainer, pl_module, self._launch)  # shorter than the warm-up: its steps are all there is
+
+    def _publish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: tuple[float, int]) -> None:
+        steps = trainer.global_step - start[1]
+        try:
+            spe = steps_per_epoch(trainer)
+            per_device = effective_batch_size(trainer) // trainer.accumulate_grad_batches // trainer.world_size
+        except ValueError as error:  # an endless loader or no batch size: no plan, but the run goes on
+            self._launch = None
+            if trainer.is_global_zero:
+                log.info("plan: not available (%s)", error)
+            return
+        self.report = RunPlanReport(
+            pairs_per_epoch=int(trainer.num_training_batches) * per_device * trainer.world_size,
+            steps_per_epoch=spe,
+            pairs_per_step=effective_batch_size(trainer),
+            total_steps=planned_total_steps(trainer),
+            seconds_per_step=(time.perf_counter() - start[0]) / steps,
+            measured_steps=steps,
+            from_step=trainer.global_step,
+            device=pl_module.device.type,
+        )
+        if not trainer.is_global_zero:
+            return
+        log.info(self.report.line())
+        advice = self.report.advice(self.cpu_limit_s)
+        if advice is not None:
+            log.warning(advice)
+        for logger in trainer.loggers:
+            logger.log_metrics(self.report.metrics(), step=trainer.global_step)
 
 
 class RunCheckpoint(ModelCheckpoint):

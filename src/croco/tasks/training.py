@@ -96,8 +96,13 @@ def _is_main_launch_process() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False)
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], datamodule: Any = None) -> pl.Trainer:
+    """The configured trainer; a data module whose training shards grow while it trains (``split_by_shards``:
+    generation in the background) gets its train loader reloaded at every epoch boundary."""
+    extra: dict[str, Any] = {}
+    if getattr(datamodule, "split_by_shards", False) and not cfg.trainer.get("reload_dataloaders_every_n_epochs"):
+        extra["reload_dataloaders_every_n_epochs"] = 1
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers if loggers else False, **extra)
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -140,7 +145,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_callbacks(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"), run_dir=cfg.paths.run_dir, resuming=ckpt_path is not None)
     try:
-        trainer = build_trainer(cfg, callbacks, loggers)
+        trainer = build_trainer(cfg, callbacks, loggers, datamodule)
         log_hyperparameters(trainer.loggers, cfg, task)
         log.info(
             "run %s: checkpoints in %s, outputs in %s", cfg.run_name, cfg.paths.ckpt_dir, cfg.paths.output_dir
@@ -148,4 +153,7 @@ def _fit(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         return _scalar_metrics(dict(trainer.callback_metrics))
     finally:
+        close = getattr(datamodule, "close", None)
+        if close is not None:  # a background generation stops with the run, however the run ends
+            close()
         finish_wandb()
