@@ -9,6 +9,7 @@ import torch
 
 from croco.bench.model import (
     PRINTED,
+    VARIANTS,
     MatmulPeak,
     MatmulPeakMeter,
     PeakRun,
@@ -16,6 +17,7 @@ from croco.bench.model import (
     format_table,
     forward_flops_per_pair,
     main,
+    official_forward,
     report_rows,
     share_of_peak,
 )
@@ -51,12 +53,30 @@ def test_bench_step_runs_a_real_update_and_interleaves_the_peak_rounds():
     model = CroCoNet(**model_preset("tiny"))
     before = model.prediction_head.weight.detach().clone()
     calls = []
-    variants = (("sdpa", True), ("manual", False))
+    variants = [VARIANTS["official"], VARIANTS["sdpa"]]
     seconds = bench_steps(model, 2, 64, 64, "fp32", torch.device("cpu"), steps=2, warmup=1, variants=variants,
                           between=lambda: calls.append(1))  # fmt: skip
-    assert set(seconds) == {"sdpa", "manual"} and min(seconds.values()) > 0
+    assert set(seconds) == {"official", "sdpa"} and min(seconds.values()) > 0
     assert not torch.equal(before, model.prediction_head.weight)
     assert len(calls) == 2  # one peak round after each timed iteration, none after the warm-up
+
+
+@pytest.mark.parametrize("decoder", ["cross", "cat"])
+@pytest.mark.parametrize("preset", ["tiny", "croco_v1"])
+def test_official_stand_in_computes_the_projects_pretraining_pass(preset, decoder):
+    """The benchmark's ``official`` variant (boolean masking, explicit softmax) is the same function as
+    ``CroCoNet.forward``: bit-identical predictions, so the two variants time the same computation."""
+    kw = {**model_preset(preset), "decoder": decoder}
+    if preset == "croco_v1":  # the v1 layout (cosine positions, 16-pixel patches) at a small width and depth
+        kw.update(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=32, dec_depth=1, dec_num_heads=2)
+    model = CroCoNet(**kw, mask_ratio=0.75).eval()
+    model.attn_backend = "manual"
+    size = kw["patch_size"] * 6
+    img1, img2 = torch.randn(2, 3, size, size), torch.randn(2, 3, size, size)
+    mask = model.mask_generator(2, 36, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, official = model(img1, img2, mask)[0], official_forward(model, img1, img2, mask)[0]
+    assert torch.equal(ours, official)
 
 
 def fake_meter(rates: list[float], sizes=(1024, 2048)) -> MatmulPeakMeter:
@@ -113,17 +133,18 @@ def test_share_is_never_above_100_percent():
 
 def test_report_rows_of_a_step_faster_than_the_peak():
     flops = 3 * forward_flops_per_pair(model_preset("croco_v1"), 224, 224, 0.9)
-    rows = report_rows({"sdpa": 11.946, "manual": 30.0}, 8, flops, peak_of(60.0, 102.0))
+    rows = report_rows({"project": 11.946, "official": 30.0}, 8, flops, peak_of(60.0, 102.0))
     fast, slow = rows
+    assert fast["vs official"] == "2.51x" and slow["vs official"] == "1.00x"
     assert fast["GFLOP/s"] == "107.1" and fast["% of peak"].startswith("100%") and fast["_raised"]
-    assert "raised" in fast["matmul peak"] and "measured best of 2: 102" in fast["matmul peak"]
+    assert "raised" in fast["peak"] and "measured best of 2: 102" in fast["peak"]
     assert slow["% of peak"] == "42%" and not slow["_raised"]
-    assert slow["matmul peak"] == "102 GFLOP/s (best of 2)"
+    assert slow["peak"] == "102 GFLOP/s (best of 2)"
     for row in rows:
         assert float(row["% of peak"].split("%")[0]) <= 100
     table = format_table(rows, PRINTED)
     header, *lines = table.splitlines()
-    assert header.split()[:4] == ["attention", "s/step", "pairs/s", "GFLOP/s"] and len(lines) == 2
+    assert header.split()[:5] == ["variant", "s/step", "pairs/s", "vs", "official"] and len(lines) == 2
     assert "(raised to the step's rate; measured best of 2: 102)" in lines[0]
 
 
@@ -136,13 +157,58 @@ def test_main_records_a_row_with_its_peak(tmp_path, capsys):
     # a smoke run (tiny model, 128x128 peak products): the numbers are not checked, only what is reported
     out = tmp_path / "bench.md"
     argv = "--preset tiny --batch 2 --img 64 --steps 1 --warmup 0 --peak-sizes 128 --remeasure 0"
-    rows = main([*argv.split(), "--compare-manual", "--out", str(out)])
-    assert [row["attention"] for row in rows] == ["sdpa", "manual"]
+    rows = main([*argv.split(), "--variants", "official", "project", "--out", str(out)])
+    assert [row["variant"] for row in rows] == ["official", "project"]
     printed = capsys.readouterr().out
     assert "matmul peak:" in printed and "best of 2 runs (fp32" in printed and "% of peak" in printed
     text = out.read_text()
-    assert "| matmul peak | % of peak | load |" in text and text.count("GFLOP/s (best of 2") + text.count(
+    assert "| peak | % of peak | peak memory | load |" in text and "(process RSS)" in text and text.count("GFLOP/s (best of 2") + text.count(
         "measured best of 2"
     ) == 2
     for row in rows:
         assert float(row["% of peak"].split("%")[0]) <= 100
+
+
+def test_datasheet_peaks_match_the_longest_name_part():
+    from croco.bench.model import datasheet_matmul_peak, datasheet_peak
+
+    assert datasheet_peak("NVIDIA H100 PCIe") == 756e3 and datasheet_peak("NVIDIA H100 80GB HBM3 SXM") == 756e3
+    assert datasheet_peak("NVIDIA H200") == 989e3 and datasheet_peak("NVIDIA A100-SXM4-80GB") == 312e3
+    assert datasheet_peak("Some Unknown GPU") is None
+    share = share_of_peak(500e3, datasheet_matmul_peak(989e3, "bf16"))
+    assert share.share == pytest.approx(500 / 989) and not share.raised
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(SystemExit, match="--variants: unknown fastest; allowed: official, project"):
+        main(["--preset", "tiny", "--variants", "fastest", "--no-record"])
+
+
+def test_attention_table_times_every_backend_and_names_the_fastest(tmp_path):
+    from croco.bench.model import attention_shapes, attention_table
+
+    shapes = attention_shapes(model_preset("tiny"), 2, 64, 64, 0.75)
+    assert shapes == [(2, 4, 16, 32), (2, 4, 64, 32), (2, 3, 64, 32)]
+    rows = attention_table(torch.device("cpu"), ["fp32"], shapes[:1], repeats=1)
+    total = rows[-1]
+    assert total["shape (B, heads, N, Dh)"] == "all (sum)" and total["fastest"] in ("manual", "sdpa", "sdpa_math",
+                                                                                       "sdpa_flash")
+    assert total["manual"].endswith(" ms") and total["sdpa_efficient"] in ("n/a",) or total["sdpa_efficient"]
+
+
+def test_bf16_verdict_says_when_bf16_is_not_faster():
+    from croco.bench.model import bf16_verdict
+
+    fp32 = MatmulPeak("fp32", 2, [PeakRun(2048, 185.0)])
+    slow = bf16_verdict(MatmulPeak("bf16", 2, [PeakRun(2048, 190.0)]), fp32, {"official-fp32": 9.8, "project": 15.8})
+    assert "bf16 matmuls are NOT faster than fp32 here (190 vs 185" in slow
+    assert "project under bf16 autocast is NOT faster than the official fp32 step (15.80 vs 9.80 s/step)" in slow
+    fast = bf16_verdict(MatmulPeak("bf16", 2, [PeakRun(2048, 900.0)]), fp32, {"project": 1.0})
+    assert "bf16 matmuls are faster than fp32" in fast and "autocast" not in fast
+
+
+def test_a_variant_can_run_in_its_own_precision():
+    model = CroCoNet(**model_preset("tiny"))
+    variants = [VARIANTS["official-fp32"], VARIANTS["project"]]
+    seconds = bench_steps(model, 2, 64, 64, "bf16", torch.device("cpu"), steps=1, warmup=0, variants=variants)
+    assert set(seconds) == {"official-fp32", "project"}

@@ -176,3 +176,24 @@ def write_pair_folder(root: Path, pairs: int, size: tuple[int, int] = (90, 120),
             pixels.save(folder / f"p{index}_{view}.{ext}")
         firsts.append(folder / f"p{index}_1.jpg")
     return firsts
+
+
+def tiny_pretraining_overrides(kind: str, val_fraction: float) -> list[str]:
+    """``data=<kind>`` (the one override a user gives after importing into data/<kind>), plus what makes the
+    pretraining tiny and fast for a test."""
+    return [
+        "experiment=pretrain",
+        f"data={kind}",
+        "model=tiny",
+        "data.img_size=64",
+        "data.transforms=crop64+acolor",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"data.val_fraction={val_fraction}",
+        "trainer=cpu",
+        "trainer.precision=32-true",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "logger=csv",
+    ]

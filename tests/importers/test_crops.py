@@ -3,6 +3,7 @@ rule (bicubic / Lanczos) and image 2's quarter turns; scene ids, skipped lines, 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from croco.data.shards import ShardReader, list_shards
 from croco.importers.base import Skipped, import_pairs, settings_from
 from croco.importers.crops import CropsImporter, crop_and_resize, parse_crop_list, quarter_turn, turn
+from tests.importers.scenes import tiny_pretraining_overrides
 
 SIZE = 64
 
@@ -124,3 +126,14 @@ def test_unparsable_lines_are_skipped_with_the_file_and_line(tmp_path):
     assert all(isinstance(e, Skipped) for e in entries) and len(entries) == 3
     assert [e.detail.split(": ", 1)[0].rsplit(":", 1)[1] for e in entries] == ["1", "2", "4"]
     assert "before any image-pair line" in entries[0].detail and "not a number" in entries[1].detail
+
+
+def test_tiny_pretraining_on_imported_crops_is_one_data_override(release, compose_at, single_thread):
+    """``python generate.py source=crops input=data`` writes data/crops; ``data=crops`` trains on it."""
+    from croco.tasks.training import train
+
+    assert import_pairs(CropsImporter(settings_from(release, resolution=64)), release / "crops",
+                        progress=False).imported == 2  # fmt: skip
+    cfg = compose_at(tiny_pretraining_overrides("crops", 0.0), release.parent)
+    assert cfg.data.sources[0].path == f"{release}/crops"
+    assert math.isfinite(train(cfg)["train/loss"])

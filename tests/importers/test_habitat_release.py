@@ -6,6 +6,7 @@ the EXR reader against files of the OpenEXR layout (NONE / ZIP)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from croco.geometry.cameras import intrinsics_from_hfov, look_at, make_pose
 from croco.importers.base import Skipped, import_pairs, settings_from
 from croco.importers.exr import read_exr, read_exr_channel, write_exr
 from croco.importers.habitat_release import HabitatReleaseImporter, fit_depth_square
+from tests.importers.scenes import tiny_pretraining_overrides
 
 SIZE = 32
 POINT = np.array([0.4, 1.3, 3.0])  # a world point in front of both cameras
@@ -148,3 +150,16 @@ def test_exr_round_trip_and_channel_choice(tmp_path, compression):
 def test_depth_resize_is_nearest():
     depth = np.arange(16, dtype=np.float32).reshape(4, 4)
     assert np.array_equal(fit_depth_square(depth, 2), depth[1::2, 1::2])
+
+
+def test_tiny_pretraining_on_the_imported_release_is_one_data_override(release, tmp_path, compose_at, single_thread):
+    """``python generate.py source=habitat_release input=...`` writes data/habitat_release; ``data=habitat_release``
+    trains on it."""
+    from croco.tasks.training import train
+
+    out = tmp_path / "data" / "habitat_release"
+    importer = HabitatReleaseImporter(settings_from(release, resolution=64), exclude=[])
+    assert import_pairs(importer, out, progress=False).imported == 2
+    cfg = compose_at(tiny_pretraining_overrides("habitat_release", 0.0), tmp_path)
+    assert cfg.data.sources[0].path == str(out)
+    assert math.isfinite(train(cfg)["train/loss"])

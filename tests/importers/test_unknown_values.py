@@ -16,7 +16,7 @@ from croco.data.shards import SCHEMA_VERSION, PairRecord, ShardReader, ShardWrit
 from croco.importers.base import ImportSettings, import_pairs
 from croco.importers.colmap import ColmapImporter
 from croco.importers.folder import FolderImporter
-from tests.importers.scenes import make_colmap_project, write_pair_folder
+from tests.importers.scenes import make_colmap_project, tiny_pretraining_overrides, write_pair_folder
 
 SIZE = 32
 
@@ -102,23 +102,8 @@ def test_tiny_training_on_an_imported_folder_is_one_data_override(
         make_colmap_project(tmp_path / "in")
         importer = ColmapImporter(settings)
     import_pairs(importer, tmp_path / "data" / kind, pairs_per_shard=4, progress=False)
-    overrides = [
-        "experiment=pretrain",
-        f"data={kind}",  # the one override; the rest makes it tiny and fast
-        "model=tiny",
-        "data.img_size=64",
-        "data.transforms=crop64+acolor",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        # folder: one of its three scenes (by hash); colmap: one scene, all of it for training
-        f"data.val_fraction={0.5 if kind == 'folder' else 0.0}",
-        "trainer=cpu",
-        "trainer.precision=32-true",
-        "trainer.fast_dev_run=true",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "logger=csv",
-    ]
+    # folder: one of its three scenes (by hash) held out; colmap: one scene, all of it for training
+    overrides = tiny_pretraining_overrides(kind, 0.5 if kind == "folder" else 0.0)
     cfg = compose_at(overrides, tmp_path)
     assert cfg.data.sources[0].path == f"{tmp_path}/data/{kind}"
     assert (

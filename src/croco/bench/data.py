@@ -18,6 +18,9 @@ folder, then measures, single-threaded (= one DataLoader worker core), in pairs 
 * ``jitter_cpu``    the batched colour jitter + normalisation (``finish_batch``) on the CPU, single thread
   (on a GPU it runs in ``on_after_batch_transfer`` and costs the workers nothing);
 * ``worker+jitter_cpu``  both on one core (the number to compare with ``pil_baseline``);
+* ``jitter_official``  the official jitter alone, for ``jitter_cpu`` to be compared with: torchvision
+  ``ColorJitter(0.4, 0.4, 0.4)`` per PIL image (fresh parameters and op order per image), ToTensor and
+  Normalize, on already decoded 224x224 crops (two per pair);
 * ``dataloader``    optionally (``--workers N``), a real DataLoader epoch: pairs per CPU-second of its
   worker processes (start-up, IPC and shared-memory collation included).
 
@@ -58,6 +61,7 @@ COLUMNS = {
     "worker": "worker: read+decode+crop",
     "jitter_cpu": "jitter+normalise on CPU (batched)",
     "worker+jitter_cpu": "worker + CPU jitter",
+    "jitter_official": "official per-image ColorJitter+normalise (PIL)",
     "dataloader": "DataLoader workers",
 }
 META = ("date", "machine", "load", "torch", "JPEG 256x256", "unit")
@@ -213,6 +217,16 @@ def bench_single_core(folder: Path, seconds: float, batch_size: int) -> dict[str
     batch = dataset.__getitems__(keys[:batch_size])
     results["jitter_cpu"] = rate(lambda i: (finish_batch(batch), batch_size)[1], seconds)
     results["worker+jitter_cpu"] = 1.0 / (1.0 / results["worker"] + 1.0 / results["jitter_cpu"])
+    official_jitter = T.Compose([T.ColorJitter(0.4, 0.4, 0.4, 0.0), T.ToTensor(),
+                                 T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])  # fmt: skip
+    crops = [Image.fromarray(view.numpy()) for key in ("img1", "img2") for view in batch[key]]
+
+    def jitter_official(i: int) -> int:
+        for k in range(2):
+            official_jitter(crops[(2 * i + k) % len(crops)])
+        return 1
+
+    results["jitter_official"] = rate(jitter_official, seconds)
     # the references, after the pipeline itself (measured first, on a fresh process heap)
     results["pil_baseline"] = rate(pil_baseline, seconds)
     results["read"], results["read_unverified"] = paired_rates(

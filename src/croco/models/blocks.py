@@ -1,8 +1,16 @@
 """Transformer building blocks with the official CroCo module names (so released state dicts load strictly).
 
-Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU) unless
-``fused_attn`` is switched off, which selects the explicit softmax path of the official code. Both paths give
-the same result (see tests/models/test_blocks.py). The global default comes from ``CROCO_FUSED_ATTN`` (1 or 0).
+Attention has several interchangeable backends (``ATTN_BACKENDS``), all computing softmax(q k^T / sqrt(Dh)) v:
+
+* ``manual``: the explicit softmax of the official code (naver/croco ``models/blocks.py``);
+* ``sdpa``: ``F.scaled_dot_product_attention``, PyTorch picks the kernel;
+* ``sdpa_math`` / ``sdpa_efficient`` / ``sdpa_flash``: the same call restricted to one kernel with
+  ``torch.nn.attention.sdpa_kernel`` (efficient and flash need a device that has them);
+* ``auto``: the backend measured fastest for the device and dtype of the tokens (``AUTO_ATTN_BACKEND``; the
+  table is re-measured with ``python -m croco.bench.model --attention-table``).
+
+All give the same result to float rounding (tests/models/test_blocks.py). The default of a new module comes
+from ``CROCO_FUSED_ATTN`` (1: ``sdpa``, 0: ``manual``), else ``auto``.
 """
 
 from __future__ import annotations
@@ -14,28 +22,111 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from croco.models.pos_embed import RoPE2D
 from croco.utils.sizes import as_hw
 
-__all__ = ["Attention", "Block", "CrossAttention", "DecoderBlock", "PatchEmbed", "use_fused_attn"]
+__all__ = [
+    "ATTN_BACKENDS",
+    "AUTO_ATTN_BACKEND",
+    "Attention",
+    "Block",
+    "CrossAttention",
+    "DecoderBlock",
+    "PatchEmbed",
+    "check_attn_backend",
+    "default_attn_backend",
+    "resolve_attn_backend",
+    "use_fused_attn",
+]
 
 NormLayer = Callable[[int], nn.Module]
 
+_SDPA_KERNELS = {
+    "sdpa_math": SDPBackend.MATH,
+    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+}
+ATTN_BACKENDS = ("auto", "manual", "sdpa", *_SDPA_KERNELS)
+
+# What ``auto`` picks, by (device type, dtype of q): the fastest backend on the attention shapes of a CroCo v1
+# training step (batch 8 at 224: 20 and 196 tokens), forward + backward, measured with
+# ``python -m croco.bench.model --attention-table`` (docs/benchmarks.md, "Attention backends"). CPU: AMD EPYC
+# (Zen 4, AVX512-BF16, no AMX), torch 2.14, 2 threads: in fp32 SDPA's default dispatch was fastest (about 2x
+# the explicit softmax at 196 tokens); under bf16 autocast the explicit softmax was (SDPA's CPU kernels were
+# 1.4-12x slower, worst at 20 tokens). CUDA: no GPU was available to measure; ``sdpa`` lets PyTorch dispatch
+# to flash / memory-efficient attention, its choice on Ampere and later. Anything missing uses ``sdpa``.
+AUTO_ATTN_BACKEND: dict[tuple[str, torch.dtype], str] = {
+    ("cpu", torch.float32): "sdpa",
+    ("cpu", torch.bfloat16): "manual",
+    ("cuda", torch.float32): "sdpa",
+    ("cuda", torch.bfloat16): "sdpa",
+    ("cuda", torch.float16): "sdpa",
+}
+
+
+def check_attn_backend(name: object, where: str = "attn_backend") -> str:
+    if name not in ATTN_BACKENDS:
+        raise ValueError(f"{where}={name!r}: expected one of {', '.join(ATTN_BACKENDS)}")
+    return str(name)
+
+
+def default_attn_backend() -> str:
+    """``CROCO_FUSED_ATTN=1``: sdpa, ``=0``: the explicit softmax, unset: ``auto``."""
+    flag = os.environ.get("CROCO_FUSED_ATTN")
+    return "auto" if flag is None else ("manual" if flag == "0" else "sdpa")
+
 
 def use_fused_attn() -> bool:
-    return os.environ.get("CROCO_FUSED_ATTN", "1") != "0"
+    return default_attn_backend() != "manual"
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool) -> torch.Tensor:
-    """softmax(q k^T / sqrt(Dh)) v for (B, heads, N, Dh) tensors."""
-    if fused:
+def resolve_attn_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend of ``backend`` for tokens on ``device`` in ``dtype`` (``auto`` looked up)."""
+    if backend != "auto":
+        return backend
+    return AUTO_ATTN_BACKEND.get((device.type, dtype), "sdpa")
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v for (B, heads, N, Dh) tensors, with ``backend`` (see the module doc)."""
+    backend = resolve_attn_backend(backend, q.device, q.dtype)
+    if backend == "manual":
+        attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        return attn.softmax(dim=-1) @ v
+    if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    return attn.softmax(dim=-1) @ v
+    with sdpa_kernel(_SDPA_KERNELS[backend]):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
-class Attention(nn.Module):
+class _AttentionBackend(nn.Module):
+    """What both attention modules share: the backend setting (``fused_attn`` is its boolean view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn_backend = default_attn_backend()
+
+    @property
+    def attn_backend(self) -> str:
+        return self._attn_backend
+
+    @attn_backend.setter
+    def attn_backend(self, name: str) -> None:
+        self._attn_backend = check_attn_backend(name)
+
+    @property
+    def fused_attn(self) -> bool:
+        """True unless the explicit softmax is selected; setting it picks ``sdpa`` or ``manual``."""
+        return self._attn_backend != "manual"
+
+    @fused_attn.setter
+    def fused_attn(self, fused: bool) -> None:
+        self._attn_backend = "sdpa" if fused else "manual"
+
+
+class Attention(_AttentionBackend):
     """Multi-head self-attention with one fused ``qkv`` projection and optional RoPE on q and k."""
 
     def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None):
@@ -46,18 +137,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
-        self.fused_attn = use_fused_attn()
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         if self.rope is not None:
-            q, k = self.rope(q, pos), self.rope(k, pos)
-        x = _attend(q, k, v, self.fused_attn)
+            cos_sin = self.rope.cos_sin(pos, q.shape[-1], q.dtype)  # once for q and k
+            q, k = self.rope.rotate(q, cos_sin), self.rope.rotate(k, cos_sin)
+        x = _attend(q, k, v, self.attn_backend)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_AttentionBackend):
     """Queries from image-1 tokens, keys and values from the image-2 memory (separate projections)."""
 
     def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None):
@@ -70,7 +161,6 @@ class CrossAttention(nn.Module):
         self.projv = nn.Linear(dim, dim, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
-        self.fused_attn = use_fused_attn()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -87,7 +177,7 @@ class CrossAttention(nn.Module):
         q, k, v = self._heads(self.projq(query)), self._heads(self.projk(memory)), self._heads(self.projv(memory))
         if self.rope is not None:
             q, k = self.rope(q, qpos), self.rope(k, kpos)
-        x = _attend(q, k, v, self.fused_attn)
+        x = _attend(q, k, v, self.attn_backend)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -157,6 +247,7 @@ class PatchEmbed(nn.Module):
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.channels_last = False  # NHWC convolution: its (B, D, h, w) output is then (B, h*w, D) without a copy
         self._positions: dict[tuple, torch.Tensor] = {}
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -175,5 +266,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grid = self.grid(x.shape[-2], x.shape[-1])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         tokens = self.proj(x).flatten(2).transpose(1, 2)
         return tokens, self.positions(x.shape[0], grid, x.device)

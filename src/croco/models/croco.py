@@ -14,6 +14,13 @@ Constructor arguments, module names and numerics are those of the official imple
 checkpoints load with ``strict=True`` (see ``croco.models.checkpoints``). Unlike the official model, any image
 size divisible by the patch size is accepted at run time, square or not; with cosine positions the stored
 buffers are then resampled bicubically, as the official ``interpolate_pos_embed`` does (see ``pos_resize``).
+
+The pretraining pass compiles without graph breaks (``torch.compile``): the visible tokens are gathered with
+indices (MAE-style, in ascending position order, so the result is bit-identical to the official boolean
+indexing), every shape is known from the sizes and the mask ratio, and masks the network draws itself need
+no check, so nothing reads a value back to the host. Two run-time settings change no weights and are not
+constructor arguments of the official model (exports leave them out): ``attn_backend`` (see
+``croco.models.blocks``) and ``channels_last`` (the patch-embedding convolution in NHWC layout).
 """
 
 from __future__ import annotations
@@ -24,8 +31,16 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from torch import nn
 
-from croco.models.blocks import Block, DecoderBlock, NormLayer, PatchEmbed
-from croco.models.masking import RandomMask
+from croco.models.blocks import (
+    Attention,
+    Block,
+    CrossAttention,
+    DecoderBlock,
+    NormLayer,
+    PatchEmbed,
+    check_attn_backend,
+)
+from croco.models.masking import RandomMask, num_masked, visible_indices
 from croco.models.pos_embed import RoPE2D, resample_pos_embed, rope_base_from_name, sincos_pos_embed_2d
 
 __all__ = ["DECODERS", "POS_RESIZE_MODES", "CroCoNet", "PosResize"]
@@ -66,6 +81,8 @@ class CroCoNet(nn.Module):
         norm_im2_in_dec: bool = True,
         pos_embed: str = "cosine",
         decoder: str = "cross",
+        attn_backend: str | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         if decoder not in DECODERS:
@@ -118,6 +135,9 @@ class CroCoNet(nn.Module):
         self.prediction_head = nn.Linear(dec_embed_dim, patch_size**2 * 3, bias=True)
 
         self.initialize_weights()
+        if attn_backend is not None:
+            self.attn_backend = attn_backend
+        self.channels_last = channels_last
 
     # ------------------------------------------------------------------------------------------------ init
     def initialize_weights(self) -> None:
@@ -139,6 +159,31 @@ class CroCoNet(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------------------------------ settings
+    @property
+    def attn_backend(self) -> str:
+        """The attention backend of every block (``croco.models.blocks.ATTN_BACKENDS``); "mixed" if they differ."""
+        names = {m.attn_backend for m in self.modules() if isinstance(m, Attention | CrossAttention)}
+        return names.pop() if len(names) == 1 else "mixed"
+
+    @attn_backend.setter
+    def attn_backend(self, name: str) -> None:
+        name = check_attn_backend(name)
+        for m in self.modules():
+            if isinstance(m, Attention | CrossAttention):
+                m.attn_backend = name
+
+    @property
+    def channels_last(self) -> bool:
+        """Run the patch-embedding convolution in channels-last layout (its output then needs no transpose)."""
+        return self.patch_embed.channels_last
+
+    @channels_last.setter
+    def channels_last(self, enabled: bool) -> None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"channels_last={enabled!r}: expected true or false")
+        self.patch_embed.channels_last = enabled
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -211,9 +256,9 @@ class CroCoNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------ encoder
     def _encode_image(
-        self, image: torch.Tensor, mask: torch.Tensor | None = None, return_all_blocks: bool = False
+        self, image: torch.Tensor, visible: torch.Tensor | None = None, return_all_blocks: bool = False
     ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
-        """Encode one image; with ``mask`` (B, N) only the visible tokens go through the blocks.
+        """Encode one image; with ``visible`` (B, N_visible) token indices only those go through the blocks.
 
         Returns the features (the list of all block outputs, the last one normalised, if asked) and the
         positions (B, N, 2) of all tokens."""
@@ -221,10 +266,9 @@ class CroCoNet(nn.Module):
         if self.enc_pos_embed is not None:
             x = x + self.cosine_pos_embed("enc_pos_embed", self.patch_embed.grid(*image.shape[-2:]))
         posvis = pos
-        if mask is not None:
-            B, _, C = x.shape
-            x = x[~mask].view(B, -1, C)
-            posvis = pos[~mask].view(B, -1, 2)
+        if visible is not None:
+            x = x.gather(1, visible[..., None].expand(-1, -1, x.shape[-1]))
+            posvis = pos.gather(1, visible[..., None].expand(-1, -1, 2))
         outputs = []
         for block in self.enc_blocks:
             x = block(x, posvis)
@@ -232,22 +276,24 @@ class CroCoNet(nn.Module):
         outputs[-1] = self.enc_norm(outputs[-1])
         return (outputs if return_all_blocks else outputs[-1]), pos
 
-    def _check_mask(self, mask: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
+    def _check_mask(self, mask: torch.Tensor, batch: int, num_patches: int) -> int:
+        """Check a caller's mask and return its number of visible patches per row (one host read: the only
+        one of a pass, and only for masks the network did not draw itself)."""
         if mask.dtype != torch.bool or tuple(mask.shape) != (batch, num_patches):
             raise ValueError(
                 f"mask: expected a bool tensor of shape ({batch}, {num_patches}), got {mask.dtype} {tuple(mask.shape)}"
             )
-        counts = mask.sum(dim=1)
-        if not bool((counts == counts[0]).all()):
+        counts = mask.sum(dim=1).tolist()
+        if any(c != counts[0] for c in counts):
             raise ValueError("mask: every sample must mask the same number of patches")
-        return mask
+        return num_patches - (counts[0] if counts else 0)
 
     # ------------------------------------------------------------------------------------------ decoder
     def _decoder(
         self,
         feat1: torch.Tensor,
         pos1: torch.Tensor,
-        mask1: torch.Tensor | None,
+        visible1: torch.Tensor | None,
         feat2: torch.Tensor,
         pos2: torch.Tensor,
         grids: tuple[tuple[int, int], tuple[int, int]],
@@ -255,11 +301,10 @@ class CroCoNet(nn.Module):
     ) -> torch.Tensor | list[torch.Tensor]:
         x1 = self.decoder_embed(feat1)
         x2 = self.decoder_embed(feat2)
-        if mask1 is not None:  # put the visible tokens back among mask tokens, in order
-            B, N = mask1.shape
-            full = self.mask_token.to(x1.dtype).expand(B, N, -1).clone()
-            full[~mask1] = x1.reshape(-1, x1.shape[-1])
-            x1 = full
+        if visible1 is not None:  # put the visible tokens back among mask tokens, at their positions
+            B, N, C = x1.shape[0], pos1.shape[1], x1.shape[-1]
+            full = self.mask_token.to(x1.dtype).expand(B, N, C)
+            x1 = full.scatter(1, visible1[..., None].expand(-1, -1, C), x1)
         if self.dec_pos_embed is not None:
             x1 = x1 + self.cosine_pos_embed("dec_pos_embed", grids[0])
             x2 = x2 + self.cosine_pos_embed("dec_pos_embed", grids[1])
@@ -282,23 +327,34 @@ class CroCoNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forwards
     def forward(
-        self, img1: torch.Tensor, img2: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        img1: torch.Tensor,
+        img2: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        check_mask: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pretraining pass. img1 (masked, to reconstruct) and img2 (reference): (B, 3, H, W), normalised.
 
         Returns ``pred`` (B, N, p*p*3), ``mask`` (B, N) bool with True = masked, and ``target`` = patchify(img1).
-        A given ``mask`` is used as is; otherwise ``int(mask_ratio * N)`` patches per sample are drawn."""
+        Without ``mask``, ``int(mask_ratio * N)`` patches per sample are drawn on img1's device. A given ``mask``
+        is checked (type, shape, the same count in every row: one host read) and used as is; with
+        ``check_mask=False`` the check is skipped, and the mask must have been drawn by ``mask_generator`` (or
+        hold its count, ``int(mask_ratio * N)`` per row), which is how a training step stays free of host
+        synchronisation and graph breaks."""
         B = img1.shape[0]
         grid1 = self.patch_embed.grid(*img1.shape[-2:])
         grid2 = self.patch_embed.grid(*img2.shape[-2:])
         n1 = grid1[0] * grid1[1]
-        if mask is None:
-            mask = self.mask_generator(B, n1, img1.device)
+        if mask is None or not check_mask:
+            mask = self.mask_generator(B, n1, img1.device) if mask is None else mask.to(img1.device)
+            num_visible = n1 - num_masked(n1, self.mask_generator.mask_ratio)
         else:
-            mask = self._check_mask(mask.to(img1.device), B, n1)
-        feat1, pos1 = self._encode_image(img1, mask)
+            mask = mask.to(img1.device)
+            num_visible = self._check_mask(mask, B, n1)
+        visible = visible_indices(mask, num_visible)
+        feat1, pos1 = self._encode_image(img1, visible)
         feat2, pos2 = self._encode_image(img2)
-        dec = self._decoder(feat1, pos1, mask, feat2, pos2, (grid1, grid2))
+        dec = self._decoder(feat1, pos1, visible, feat2, pos2, (grid1, grid2))
         return self.prediction_head(dec), mask, self.patchify(img1)
 
     def encoder_features(self, img: torch.Tensor, return_all_blocks: bool = True) -> list[torch.Tensor] | torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RandomMask", "check_mask_ratio", "num_masked"]
+__all__ = ["RandomMask", "check_mask_ratio", "num_masked", "visible_indices"]
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
@@ -34,10 +34,24 @@ class RandomMask:
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Draw masks on ``device``; with a (CPU) ``generator`` they are reproducible on any device."""
-        noise = torch.rand(batch, num_patches, generator=generator)
+        """Draw masks on ``device`` (default: the generator's, else the CPU) without any host synchronisation.
+
+        With a ``generator`` the masks are reproducible; one on ``device`` draws there directly (no copy), one
+        on another device (e.g. a CPU generator for a CUDA mask) draws there and copies, which gives the same
+        masks on every device."""
+        draw_on = generator.device if generator is not None else device
+        noise = torch.rand(batch, num_patches, generator=generator, device=draw_on)
         mask = noise.argsort(dim=1) < num_masked(num_patches, self.mask_ratio)
         return mask.to(device) if device is not None else mask
 
     def __repr__(self) -> str:
         return f"RandomMask(mask_ratio={self.mask_ratio})"
+
+
+def visible_indices(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
+    """(B, num_visible) indices of the unmasked patches of a (B, N) mask, ascending in every row.
+
+    ``num_visible`` must be every row's count of False entries (the caller knows it: no data-dependent shape,
+    no host synchronisation). A stable sort of the 0/1 mask puts the visible positions first in their original
+    order, so gathering with these indices gives exactly ``x[~mask].view(B, num_visible, C)``."""
+    return mask.to(torch.uint8).argsort(dim=1, stable=True)[:, :num_visible]

@@ -97,21 +97,30 @@ class RoPE2D(nn.Module):
         self.base = base
         self.f0 = f0
 
-    def _rotate_1d(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        dim = x.shape[-1]
-        inv_freq = self.f0 / self.base ** (torch.arange(0, dim, 2, device=x.device).float() / dim)
-        angles = pos.float()[..., None] * inv_freq  # (B, N, dim/2)
-        angles = torch.cat([angles, angles], dim=-1)[:, None]  # channel j and j + dim/2 share an angle
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        half = dim // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def cos_sin(self, positions: torch.Tensor, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every channel's angle for (B, N, 2) positions and head width ``dim``: (B, 1, N, dim),
+        the row (y) half first. Computed once per attention for q and k, in one vectorised expression that
+        ``torch.compile`` fuses with the rotation."""
+        if dim % 4 != 0:
+            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {dim}")
+        half = dim // 2  # channels per axis
+        inv_freq = self.f0 / self.base ** (torch.arange(0, half, 2, device=positions.device).float() / half)
+        angles = positions.float()[..., None] * inv_freq  # (B, N, 2, half/2)
+        angles = torch.cat([angles, angles], dim=-1).flatten(-2)[:, None]  # channel j and j + half/2 share an angle
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def rotate(tokens: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate (B, heads, N, Dh) tokens by the angles of ``cos_sin``: inside each axis half, channel j pairs
+        with channel j + Dh/4 (rotate half), the same elementwise products as the official per-axis code."""
+        cos, sin = cos_sin
+        quarter = tokens.shape[-1] // 4
+        parts = tokens.unflatten(-1, (2, 2, quarter))  # (axis, half of the axis, channel)
+        rotated = torch.stack([-parts[..., 1, :], parts[..., 0, :]], dim=-2).flatten(-3)
+        return tokens * cos + rotated * sin
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[-1] % 4 != 0:
-            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {tokens.shape[-1]}")
-        y, x = tokens.chunk(2, dim=-1)
-        return torch.cat([self._rotate_1d(y, positions[..., 0]), self._rotate_1d(x, positions[..., 1])], dim=-1)
+        return self.rotate(tokens, self.cos_sin(positions, tokens.shape[-1], tokens.dtype))
 
     def extra_repr(self) -> str:
         return f"base={self.base}, f0={self.f0}"

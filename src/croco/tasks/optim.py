@@ -9,6 +9,7 @@ training stops (``trainer.max_epochs``): CroCo v1 warms up for 40 epochs, plans 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,7 @@ __all__ = [
     "WarmupCosineLambda",
     "build_optimizer",
     "build_scheduler",
+    "fused_adamw_supported",
     "param_groups",
     "rebase_scheduler",
     "scaled_lr",
@@ -44,6 +46,8 @@ class OptimRecipe:
     ``clip_grad`` null means no clipping (the official recipe); otherwise the max global L2 norm.
     ``layer_decay`` < 1 scales the lr of each depth of the network by ``layer_decay ** (top - depth)``
     (layer-wise lr decay of BEiT / MAE fine-tuning; the task says what a depth is); 1 means none (pretraining).
+    ``fused``: AdamW's fused kernel (one kernel for all parameters; the same update to float rounding); null
+    uses it wherever this torch has it for the parameters' device (CUDA, and the CPU in recent releases).
     """
 
     blr: float = 1.5e-4
@@ -56,6 +60,7 @@ class OptimRecipe:
     epochs: float = 800.0
     clip_grad: float | None = None
     layer_decay: float = 1.0
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         """The one set of checks of the recipe's values (configs are checked through it at start-up)."""
@@ -75,6 +80,8 @@ class OptimRecipe:
             raise ValueError(f"optim.layer_decay={self.layer_decay!r}: expected a number in (0, 1] (1: no decay)")
         if self.clip_grad is not None and (not _is_number(self.clip_grad) or self.clip_grad <= 0):
             raise ValueError(f"optim.clip_grad={self.clip_grad!r}: expected null (no clipping) or a max norm > 0")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise ValueError(f"optim.fused={self.fused!r}: expected null (where supported), true or false")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | OptimRecipe | None) -> OptimRecipe:
@@ -189,13 +196,31 @@ def scaled_lr(recipe: OptimRecipe, effective_batch_size: int) -> float:
     return recipe.blr * effective_batch_size / 256.0
 
 
+@functools.cache
+def fused_adamw_supported(device_type: str) -> bool:
+    """Whether this torch has the fused AdamW kernel for ``device_type`` (probed once with one step)."""
+    try:
+        probe = nn.Parameter(torch.zeros(1, device=device_type))
+        probe.grad = torch.zeros_like(probe)
+        torch.optim.AdamW([probe], fused=True).step()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
 def build_optimizer(
     model: nn.Module, recipe: OptimRecipe, lr: float, layer_of: LayerOf | None = None
 ) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; each group's lr is ``lr x lr_scale`` (its peak, followed by the schedule)."""
+    """AdamW over ``param_groups``; each group's lr is ``lr x lr_scale`` (its peak, followed by the schedule).
+    Fused as ``recipe.fused`` says (null: where supported for the parameters' device)."""
     groups = param_groups(model.named_parameters(), recipe.weight_decay, layer_of, recipe.layer_decay)
     groups = [{**g, "lr": lr * g["lr_scale"]} for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, eps=recipe.eps)
+    device_type = next((p.device.type for g in groups for p in g["params"]), "cpu")
+    fused = fused_adamw_supported(device_type) if recipe.fused is None else recipe.fused
+    if fused and not fused_adamw_supported(device_type):
+        raise ValueError(f"optim.fused=true: torch {torch.__version__} has no fused AdamW for {device_type}; "
+                         "use null (fused where supported) or false")  # fmt: skip
+    return torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, eps=recipe.eps, fused=fused or None)
 
 
 def build_scheduler(

@@ -64,10 +64,12 @@ class PretrainTask(BaseTask):
         init_from: optional official ``.pth`` (``{"model", ...}`` layouts of ``croco.models.checkpoints``) whose
             weights initialise the network when fitting starts; the architecture must match the preset (cosine
             buffers are resampled to the preset's image size).
-        mask_seed: training masks are drawn from a generator seeded by (mask_seed, global step, batch index,
-            rank), so a resumed run sees exactly the masks of an uninterrupted one; null draws them from one
-            generator per process seeded at fit start by the global seed plus the rank, as the official code seeds
-            every rank with ``seed + rank`` (ranks draw different masks; not reproducible across a resume).
+        mask_seed: training masks are drawn on the batch's device from a generator seeded by (mask_seed, global
+            step, batch index, rank), so a resumed run sees exactly the masks of an uninterrupted one; null draws
+            them from one generator per process (on the task's device) seeded at fit start by the global seed
+            plus the rank, as the official code seeds every rank with ``seed + rank`` (ranks draw different
+            masks; not reproducible across a resume). Either way no mask is copied from the host and the
+            step never waits for the device (the network trusts its own masks: ``check_mask=False``).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class PretrainTask(BaseTask):
         self.criterion = MaskedMSE(norm_pix_loss=norm_pix_loss, masked=True)
         self._initialised_from_official = False
         self._mask_generator: torch.Generator | None = None  # mask_seed null: this process's own generator
+        self._seeded_generators: dict[torch.device, torch.Generator] = {}  # mask_seed set: reseeded every step
         self._crossview: CrossViewAccumulator | None = None  # this validation epoch's cross-view sums
         self._crossview_pool: ViewPool | None = None  # the previous validation batch's view 2s
         self._warned_no_scene = False
@@ -134,7 +137,8 @@ class PretrainTask(BaseTask):
         self._apply_init_from()
         if self.hparams.mask_seed is None:  # the official seed + rank: every rank draws its own masks
             seed = np.random.SeedSequence([torch.initial_seed(), self.global_rank, self.global_step])
-            self._mask_generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+            generator = torch.Generator(device=self.device)
+            self._mask_generator = generator.manual_seed(int(seed.generate_state(1)[0]))
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(
@@ -145,21 +149,25 @@ class PretrainTask(BaseTask):
     def training_mask(
         self, batch_size: int, num_patches: int, batch_idx: int, device: torch.device
     ) -> torch.Tensor | None:
-        """The mask of a training batch: a function of (mask_seed, global step, batch index, rank), or with
-        ``mask_seed`` null a draw from this process's generator."""
+        """The mask of a training batch, drawn on ``device``: a function of (mask_seed, global step, batch
+        index, rank), or with ``mask_seed`` null a draw from this process's generator."""
         if self.hparams.mask_seed is None:
             if self._mask_generator is None:  # outside a fit: the global RNG, like the network's own masking
                 return None
             return self.net.mask_generator(batch_size, num_patches, device, generator=self._mask_generator)
         key = [self.hparams.mask_seed, self.global_step, batch_idx, self.global_rank]
-        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-        return fixed_mask(batch_size, num_patches, self.hparams.mask_ratio, seed=seed, device=device)
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])  # host arithmetic only
+        device = torch.device(device)
+        generator = self._seeded_generators.get(device)
+        if generator is None:
+            generator = self._seeded_generators[device] = torch.Generator(device=device)
+        return self.net.mask_generator(batch_size, num_patches, device, generator=generator.manual_seed(seed))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         img1, img2 = batch["img1"], batch["img2"]
         grid = self.net.patch_embed.grid(*img1.shape[-2:])
         mask = self.training_mask(img1.shape[0], grid[0] * grid[1], batch_idx, img1.device)
-        pred, mask, target = self.net(img1, img2, mask)
+        pred, mask, target = self.net(img1, img2, mask, check_mask=False)  # our own mask: no host read
         loss = self.criterion(pred, mask, target)
         self.log_training_loss(loss, batch_size=img1.shape[0])
         return loss
