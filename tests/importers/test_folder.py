@@ -4,7 +4,6 @@ errors from generate.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from croco.data.shards import ShardReader, is_unknown, list_shards
 from croco.importers.base import ImportSettings, import_pairs, normalise_scene_id
 from croco.importers.folder import FolderImporter
 from croco.importers.images import fit_square, square_crop_transform
+from tests.generate_app import compose_generate, generate_script
 from tests.importers.scenes import write_pair_folder
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = 48
 
 
@@ -173,22 +172,12 @@ def test_scene_ids_drop_the_scannet_rescan_suffix():
 # ----------------------------------------------------------------------------------------- generate.py
 
 
-def _generate_script():
-    spec = importlib.util.spec_from_file_location("generate_script", REPO_ROOT / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compose(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("generate", overrides=["resolution=32", "progress=false", *overrides])
+    return compose_generate("resolution=32", "progress=false", *overrides)
 
 
 def test_generate_py_imports_and_bad_input_is_one_line(tmp_path, capsys):
-    script = _generate_script()
+    script = generate_script()
     write_pair_folder(tmp_path / "in", 2)
     assert script.run(_compose("source=folder", f"input={tmp_path / 'in'}", f"out={tmp_path / 'out'}")) == 0
     assert len(_records(tmp_path / "out")) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import importlib.util
 import os
 import re
 import signal
@@ -24,6 +23,7 @@ from croco.data.shards import NoSpaceError, PairRecord, ShardReader, ShardWriter
 from croco.synth import pipeline
 from croco.synth.pipeline import generate_pairs
 from croco.utils.locks import FolderLock, FolderLocked
+from tests.generate_app import compose_generate, generate_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"resolution": 32, "pairs_per_shard": 1, "pairs_per_scene": 2, "progress": False}
@@ -159,20 +159,8 @@ def test_full_disk_reported_by_hdf5_is_recognised(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------- generate.py
 
 
-def _generate_script():
-    spec = importlib.util.spec_from_file_location("generate_script", REPO_ROOT / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compose(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "generate", overrides=["resolution=32", "pairs_per_shard=1", "progress=false", *overrides]
-        )
+    return compose_generate("resolution=32", "pairs_per_shard=1", "progress=false", *overrides)
 
 
 def _launch(tmp_path: Path, *overrides: str, debug: bool = False, **popen) -> subprocess.Popen:
@@ -242,7 +230,7 @@ def test_generate_py_ctrl_c_keeps_finished_shards_and_exits_130(tmp_path):
 
 
 def test_generate_py_existing_shard_and_full_disk_are_one_line(tmp_path, monkeypatch, capsys):
-    script = _generate_script()
+    script = generate_script()
     with ShardWriter(tmp_path / "other" / "shard-00000.h5", source="unit", resolution=(32, 32)) as writer:
         writer.add(_record())
     assert script.run(_compose(f"out={tmp_path / 'other'}", "pairs=1")) == 2

@@ -5,7 +5,6 @@ the metadata round trip is also checked with the CPU renderer on the procedural 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ from croco.synth.metadata import (
 )
 from croco.synth.pipeline import SCENE_FILE_INDEX, SCENE_FILES, generate_pairs
 from croco.synth.render import Renderer, Rendering
+from tests.generate_app import compose_generate, generate_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,18 +92,8 @@ def _touch(root: Path, *names: str) -> None:
         (root / name).write_bytes(b"glTF")
 
 
-def _generate_script():
-    spec = importlib.util.spec_from_file_location("generate_script", REPO_ROOT / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compose(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("generate", overrides=["source=habitat", "progress=false", *overrides])
+    return compose_generate("source=habitat", "progress=false", *overrides)
 
 
 SCANNET = ("scannet/scans/scene0000_00/scene0000_00_vh_clean.glb",
@@ -160,7 +150,7 @@ def test_presets_resolve_splits_and_scene_filters(tmp_path):
 
 def test_preset_generation_writes_one_shard_per_scene_and_the_metadata_round_trip(tmp_path, fake_habitat):
     _touch(tmp_path / "scenes", *SCANNET)
-    script = _generate_script()
+    script = generate_script()
     common = [f"source.data_root={tmp_path / 'scenes'}", "resolution=32", "pairs_per_scene=2", "overlap_min=0.3"]
     cfg = _compose("scene_dataset=scannet", f"out={tmp_path / 'gen'}", *common)
     assert script.run(cfg) == 0
@@ -205,7 +195,7 @@ def test_preset_generation_writes_one_shard_per_scene_and_the_metadata_round_tri
 
 def test_cluster_jobs_take_blocks_of_scenes(tmp_path, fake_habitat):
     _touch(tmp_path / "scenes", *SCANNET)
-    script = _generate_script()
+    script = generate_script()
     common = [f"source.data_root={tmp_path / 'scenes'}", "resolution=32", "pairs_per_scene=1", "overlap_min=0.3",
               "scene_dataset=scannet", f"out={tmp_path / 'gen'}", "num_jobs=2"]  # fmt: skip
     assert script.run(_compose(*common, "job_index=1")) == 0
@@ -220,7 +210,7 @@ def test_overlap_up_to_one_end_to_end(tmp_path, fake_habitat):
     cfg = _compose("scene_dataset=habitat_test_scenes", f"source.data_root={tmp_path / 'scenes'}",
                    f"out={tmp_path / 'gen'}", "resolution=32", "pairs_per_scene=4", "overlap_min=0.95",
                    "overlap_max=1.0")  # fmt: skip
-    assert _generate_script().run(cfg) == 0
+    assert generate_script().run(cfg) == 0
     (shard,) = list_shards(tmp_path / "gen")
     overlaps = ShardReader(shard).overlap
     assert len(overlaps) == 4 and (overlaps > 0.95).all() and (overlaps <= 1.0).all()
