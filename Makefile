@@ -27,7 +27,7 @@ pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated i
 smoke: $(STAMP)  ## a tiny CroCo that visibly learns, and uses view 2, on a CPU in about 6 minutes
 	$(PY) train.py experiment=smoke
 
-test: $(STAMP)  ## every test, slow ones included (what CI runs; ~3.5 min on 2 idle cores)
+test: $(STAMP)  ## every test, slow ones included (what CI runs; ~5 min on 2 idle cores)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the suite without the tests marked slow (>20 s each: DDP, multirun, overfitting)
