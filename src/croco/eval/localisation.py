@@ -33,14 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from croco.data.transforms import normalize
 from croco.models.blocks import CrossAttention
 from croco.utils.sizes import as_hw
 
 __all__ = ["LocalisationResult", "attention_position_error", "main", "measure_localisation", "record_cross_attention"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def cross_attention_probabilities(
     module: CrossAttention, query: torch.Tensor, memory: torch.Tensor, qpos: torch.Tensor | None,
@@ -173,26 +170,19 @@ def load_views(folder: str | Path, count: int, size: tuple[int, int]) -> torch.T
     and ImageNet-normalised: (count, 3, H, W)."""
     from croco.data.shards import ShardReader, list_shards
 
-    shards = list_shards(folder)
-    readers = [ShardReader(p) for p in shards]
-    total = sum(len(r) for r in readers)
-    if total == 0:
+    readers = [ShardReader(path) for path in list_shards(folder)]
+    rows = [(reader, i) for reader in readers for i in range(len(reader))]
+    if not rows:
         raise ValueError(f"{folder}: the shards hold no pairs")
-    picks = torch.linspace(0, total - 1, min(count, total)).round().long().tolist()
-    offsets, images = [], []
-    running = 0
-    for r in readers:
-        offsets.append(running)
-        running += len(r)
+    picks = torch.linspace(0, len(rows) - 1, min(count, len(rows))).round().long().tolist()
+    images = []
     for index in picks:
-        shard = max(i for i, o in enumerate(offsets) if o <= index)
-        image = torch.as_tensor(readers[shard].read(index - offsets[shard], fields=("image1",))["image1"])
+        reader, row = rows[index]
+        image = torch.as_tensor(reader.read(row, fields=("image1",))["image1"])
         images.append(image.permute(2, 0, 1).float().div(255)[None])
-    for r in readers:
-        r.close()
-    batch = F.interpolate(torch.cat(images), size=size, mode="bilinear", align_corners=False, antialias=True)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    for reader in readers:
+        reader.close()
+    return normalize(F.interpolate(torch.cat(images), size=size, mode="bilinear", align_corners=False, antialias=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from croco.utils.sizes import as_hw
+
 __all__ = [
     "POSE_PARAMS",
     "PoseLoss",
@@ -192,7 +194,7 @@ class RelativePoseHead(nn.Module):
             nn.init.trunc_normal_(last.weight[self.rot_size :], std=0.02)
             identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0] if self.param == "6d" else [1.0, 0.0, 0.0, 0.0]
             last.bias.copy_(torch.tensor(identity + [0.0, 0.0, 0.0]))
-        self.patch_size = _pair(net.croco_kwargs["patch_size"])
+        self.patch_size = as_hw(net.croco_kwargs["patch_size"], "patch_size")
         self.norm = nn.LayerNorm(dim)
         self.token_mlp = nn.Sequential(_linear(dim + 2, self.hidden), nn.GELU())
         self.mlp = nn.Sequential(_linear(self.hidden, self.hidden), nn.GELU(), last)
@@ -227,10 +229,6 @@ def _linear(fan_in: int, fan_out: int) -> nn.Linear:
     nn.init.trunc_normal_(layer.weight, std=0.02)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class PoseLoss(nn.Module):

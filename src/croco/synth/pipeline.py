@@ -31,9 +31,7 @@ import numpy as np
 
 from croco.data.shard_jobs import (  # noqa: F401  (GenerationInterrupted: raised from here, imported from here)
     GenerationInterrupted,
-    folder_lock,
     normalise_attr,
-    remove_temporaries,
     run_shard_jobs,
 )
 from croco.data.shards import ShardError, ShardReader, ShardWriter
@@ -41,7 +39,6 @@ from croco.synth.render import CpuRenderer, Renderer, SceneUnusable
 from croco.synth.sampler import GenerationStats, PairOptions, PairSampler, ViewPair, pair_record, pair_rng
 from croco.synth.scene import SURFACE_CLASSES
 from croco.synth.viewpoints import NavigableScene, SamplingRules
-from croco.utils.locks import FolderLock
 
 RENDERERS = ("cpu", "habitat")
 SCENE_FILES = "scene_files"
@@ -422,14 +419,6 @@ def generate_pairs(
             flush=True,
         )
     return [Path(job.path) for job in jobs]
-
-
-def _generation_lock(out: Path, num_jobs: int, job_index: int) -> FolderLock:
-    """The generation's lock (``croco.data.shard_jobs.folder_lock``)."""
-    return folder_lock(out, num_jobs, job_index, "pair generation")
-
-
-_remove_temporaries = remove_temporaries
 
 
 def expand_scene_paths(patterns: Sequence[str]) -> list[str]:
