@@ -105,9 +105,15 @@ def test_training_step_has_no_graph_breaks(tiny_kwargs):
     assert explained.graph_break_count == 0, explained.break_reasons
 
 
-def test_compiled_step_matches_eager_forward_and_backward(tiny_kwargs):
-    """The step compiled into one forward and one backward graph (AOT autograd) against eager: same loss and
-    gradients within float tolerance."""
+@pytest.mark.parametrize(
+    "backend, loss_tol, grad_tol",
+    [
+        ("aot_eager", (1e-5, 1e-6), (1e-4, 1e-6)),  # one forward and one backward graph (AOT autograd)
+        pytest.param("inductor", (1e-4, 1e-5), (1e-3, 1e-5), marks=pytest.mark.slow),  # the real compiler, CPU
+    ],
+)
+def test_compiled_step_matches_eager_forward_and_backward(tiny_kwargs, backend, loss_tol, grad_tol):
+    """The step compiled whole (fullgraph) against eager: same loss and gradients within float tolerance."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     model = CroCoNet(**_shallow(tiny_kwargs), mask_ratio=0.75)
@@ -119,29 +125,10 @@ def test_compiled_step_matches_eager_forward_and_backward(tiny_kwargs):
     model.zero_grad(set_to_none=True)
 
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(_loss_fn(model, criterion), backend=counter, fullgraph=True)
-    loss = compiled(img1, img2, mask)
+    counter = CompileCounterWithBackend(backend)
+    loss = torch.compile(_loss_fn(model, criterion), backend=counter, fullgraph=True)(img1, img2, mask)
     loss.backward()
     assert counter.frame_count == 1
-    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, eager_loss, rtol=loss_tol[0], atol=loss_tol[1])
     for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-@pytest.mark.slow
-def test_inductor_compiled_step_matches_eager(tiny_kwargs):
-    """The real compiler (inductor, CPU): loss and gradients within tolerance of eager."""
-    model = CroCoNet(**_shallow(tiny_kwargs), mask_ratio=0.75)
-    criterion = MaskedMSE()
-    img1, img2, mask = _step_inputs()
-    eager_loss = _loss_fn(model, criterion)(img1, img2, mask)
-    eager_loss.backward()
-    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    torch._dynamo.reset()
-    loss = torch.compile(_loss_fn(model, criterion), fullgraph=True)(img1, img2, mask)
-    loss.backward()
-    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-5)
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, eager_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(param.grad, eager_grads[name], rtol=grad_tol[0], atol=grad_tol[1], msg=name)
