@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from croco.data.datamodule import PairDataModule
-from croco.data.shards import ShardReader
-from croco.data.streaming import BackgroundGeneration, PlannedOutput, finished_shards, planned_output
+from croco.data.shards import ShardReader, finished_shards
+from croco.data.streaming import BackgroundGeneration, PlannedOutput, planned_output
 from croco.synth.pipeline import generate_pairs
 
 # 3 pairs per shard, 2 per scene: scene 1 spans shards 0 and 1, so a validation scene reaches a training shard

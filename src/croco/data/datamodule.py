@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader
 from croco.data.dataset import PairDataset, collate_pairs
 from croco.data.index import PairIndex, PairSource, SplitReport, build_index
 from croco.data.sampler import EpochPairSampler
-from croco.data.shards import ShardError
+from croco.data.shards import ShardError, finished_shards
 from croco.data.splits import fill_if_empty
-from croco.data.streaming import BackgroundGeneration, finished_shards, planned_output, shard_name
+from croco.data.streaming import BackgroundGeneration, planned_output, shard_name
 from croco.data.transforms import PairTransform, finish_batch, parse_transforms
 from croco.utils.sizes import as_hw
 

@@ -848,6 +848,13 @@ class ShardReader:
         )
 
 
+def finished_shards(folder: str | os.PathLike) -> list[Path]:
+    """The finished shards (``*.h5``) of a folder, sorted by name; none when the folder does not exist (yet).
+    Temporary files of unfinished writers (``*.h5.tmp-<pid>``) are never listed."""
+    path = Path(folder)
+    return sorted(p for p in path.glob("*.h5") if p.is_file()) if path.is_dir() else []
+
+
 def list_shards(folder: str | os.PathLike) -> list[Path]:
     """Sorted ``*.h5`` files of a folder; ``ShardError`` if the folder is missing or holds no shard.
 
@@ -856,7 +863,7 @@ def list_shards(folder: str | os.PathLike) -> list[Path]:
     path = Path(folder)
     if not path.is_dir():
         raise ShardError(f"{path}: shard folder does not exist")
-    shards = sorted(p for p in path.glob("*.h5") if p.is_file())
+    shards = finished_shards(path)
     if not shards:
         raise ShardError(f"{path}: no shards (*.h5) in folder")
     return shards

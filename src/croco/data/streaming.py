@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_NAME", "BackgroundGeneration", "PlannedOutput", "finished_shards", "planned_output", "shard_name"]
+__all__ = ["LOG_NAME", "BackgroundGeneration", "PlannedOutput", "planned_output", "shard_name"]
 
 LOG_NAME = ".generation.log"
 """The child's stdout and stderr, inside the folder it fills (``*.h5`` listings never see it)."""
@@ -36,12 +36,6 @@ _SHARD_NAME = "shard-{index:05d}.h5"
 def shard_name(index: int) -> str:
     """The file name the generator gives shard ``index``."""
     return _SHARD_NAME.format(index=index)
-
-
-def finished_shards(folder: str | os.PathLike) -> list[Path]:
-    """The finished shards of a folder, sorted by name (none when the folder does not exist yet)."""
-    path = Path(folder)
-    return sorted(p for p in path.glob("*.h5") if p.is_file()) if path.is_dir() else []
 
 
 @dataclass(frozen=True)
