@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from croco.data import shards
+from croco.data.shard_jobs import folder_lock
 from croco.data.shards import NoSpaceError, PairRecord, ShardReader, ShardWriter
-from croco.synth import pipeline
 from croco.synth.pipeline import generate_pairs
 from croco.utils.locks import FolderLock, FolderLocked
 from tests.generate_app import compose_generate, generate_script
@@ -81,7 +81,7 @@ def test_cluster_jobs_lock_only_their_own_block(tmp_path):
     """Job 1 runs while job 0 holds its lock and writes; a second launch of job 0 is refused."""
     live = tmp_path / f"shard-00000.h5.tmp-{os.getppid()}"
     live.write_bytes(b"job 0 writing")
-    with pipeline._generation_lock(tmp_path, 2, 0):
+    with folder_lock(tmp_path, 2, 0, "pair generation"):
         (written,) = generate_pairs(tmp_path, 2, num_jobs=2, job_index=1, **SMALL)
         assert written.name == "shard-00001.h5" and live.exists()
         with pytest.raises(FolderLocked, match=r"pair generation job 0 of 2 \(pid "):
