@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean habitat-data
+.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean habitat-data \
+	results study-crossview study-mask-overlap study-decoders study-init
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 # pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's local wheel store when it has one.
 $(STAMP): pyproject.toml
@@ -41,6 +42,25 @@ bench: $(STAMP)  ## benchmarks: model step throughput, data pipeline, pair gener
 	$(PY) -m croco.bench.model --variants official project project-compiled --precision bf16
 	$(PY) -m croco.bench.data
 	$(PY) -m croco.bench.generate
+
+# The paper's findings at the smoke scale (docs/results.md): each target runs the study's jobs that are not done
+# yet (logs/studies/<study>/*.done; a relaunch goes on where it stopped), then writes its figures and its part
+# of docs/results.md. STUDY_JOBS=2 runs two jobs of a stage at a time, each on half of the cores.
+STUDY_JOBS ?= 1
+study-crossview: $(STAMP)  ## cross-view versus single-view (MAE-like) completion, then depth and stereo (~40 min)
+	$(PY) -m croco.studies crossview --jobs $(STUDY_JOBS)
+
+study-mask-overlap: $(STAMP)  ## mask ratio x pair overlap, one Hydra multirun + linear probes (~50 min)
+	$(PY) -m croco.studies mask_overlap --jobs $(STUDY_JOBS)
+
+study-decoders: $(STAMP)  ## CrossBlock versus CatBlock decoders at equal compute (~15 min)
+	$(PY) -m croco.studies decoders --jobs $(STUDY_JOBS)
+
+study-init: $(STAMP)  ## pretrained versus scratch on depth, segmentation and stereo, three seeds (~70 min)
+	$(PY) -m croco.studies init --jobs $(STUDY_JOBS)
+
+results: $(STAMP)  ## every study above, then docs/results.md
+	$(PY) -m croco.studies all --jobs $(STUDY_JOBS)
 
 # habitat-sim is conda-only, so this target runs in the conda environment of environment-habitat.yml (its
 # `python`), not in .venv. Scene dataset under data/habitat-sim-data/scene_datasets/<dataset>/ -> one shard per

@@ -169,7 +169,7 @@ def test_image_size_differs_between_model_and_data(compose_train):
 def test_bad_pos_embed_and_decoder(compose_train):
     with pytest.raises(ConfigError, match=r"^model.pos_embed='rope': expected cosine or RoPE<base>"):
         validate_train_config(compose_train("model.pos_embed=rope"), check_data=False)
-    with pytest.raises(ConfigError, match=r"^model.decoder='concat': expected one of cross, cat$"):
+    with pytest.raises(ConfigError, match=r"^model.decoder='concat': expected one of cross, cat, mae$"):
         validate_train_config(compose_train("model.decoder=concat"), check_data=False)
 
 

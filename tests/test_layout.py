@@ -3,7 +3,8 @@
 Layers, bottom up: ``utils`` <- ``geometry``, ``models`` <- ``data`` <- ``synth``, ``importers`` <- ``tasks`` <-
 entry points;
 ``eval`` (accuracy metrics) sits on ``models`` and ``data`` and serves ``tasks``; ``bench`` measures any of
-them; ``demo`` (the reconstruction demo) sits on ``tasks`` and ``importers``. A module may import its own layer
+them; ``demo`` (the reconstruction demo) sits on ``tasks`` and ``importers``; ``studies`` (the paper's findings)
+sits on top: it runs the entry points and reads what they wrote. A module may import its own layer
 and the layers below it, nothing above.
 """
 
@@ -32,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": {"tasks", "eval", "models", "data", "geometry", "utils"},
     "bench": {"bench", "tasks", "eval", "synth", "models", "data", "geometry", "utils"},
     "demo": {"demo", "tasks", "eval", "importers", "models", "data", "geometry", "utils"},
+    "studies": {"studies", "bench", "tasks", "eval", "synth", "models", "data", "geometry", "utils"},
 }
 
 

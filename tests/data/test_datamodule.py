@@ -73,6 +73,24 @@ def test_overlap_range_and_scene_split(shard_folder: Path) -> None:
     assert len(train_ids) == (report.train // 8) * 8 and len(set(train_ids)) == len(train_ids)
 
 
+def test_val_overlap_validates_every_run_on_the_same_pairs(shard_folder: Path) -> None:
+    """Runs trained on different overlap ranges validate on one fixed range (data.val_overlap)."""
+    pairs = _all_pairs(shard_folder)
+    val_pairs = {}
+    for train_range in ((0.0, 0.4), (0.6, 1.0)):
+        module = _module(shard_folder, overlap_min=train_range[0], overlap_max=train_range[1], val_overlap=[0.25, 1.0])
+        module.setup("fit")
+        expected_train = [(s, o) for s, o in pairs if train_range[0] <= o <= train_range[1] and not is_val_scene(s, 0.3)]
+        assert module.report.train == len(expected_train)
+        val_pairs[train_range] = sorted(
+            (s, round(float(o), 6)) for batch in module.val_dataloader() for s, o in zip(batch["scene"], batch["overlap"])
+        )
+    expected_val = sorted((s, round(o, 6)) for s, o in pairs if 0.25 <= o <= 1.0 and is_val_scene(s, 0.3))
+    assert val_pairs[(0.0, 0.4)] == val_pairs[(0.6, 1.0)] == expected_val
+    with pytest.raises(ValueError, match=r"data.val_overlap=\[0.5, 0.2\]: expected \[min, max\]"):
+        _module(shard_folder, val_overlap=[0.5, 0.2])
+
+
 def test_weighted_sources_share_each_epoch(tmp_path: Path) -> None:
     big, small = tmp_path / "big", tmp_path / "small"
     write_shard(big / "s.h5", [f"b{i}" for i in range(30)], [0.5] * 30)

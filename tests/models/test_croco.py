@@ -40,7 +40,7 @@ def test_forward_shapes_and_given_mask_is_used(tiny_kwargs):
 
 
 @pytest.mark.parametrize("pos_embed", ["cosine", "RoPE100"])
-@pytest.mark.parametrize("decoder", ["cross", "cat"])
+@pytest.mark.parametrize("decoder", ["cross", "cat", "mae"])
 def test_non_square_forward_and_backward(tiny_kwargs, pos_embed, decoder):
     model = CroCoNet(**{**tiny_kwargs, "pos_embed": pos_embed, "decoder": decoder})
     img1, img2 = _imgs(2, 48, 80)  # 6x10 tokens, not the construction size
@@ -76,6 +76,29 @@ def test_cat_decoder_uses_image2_and_only_predicts_image1(tiny_kwargs):
         b, _, _ = model(img1, torch.randn_like(img2), mask=mask)
     assert a.shape == (1, 64, 192)
     assert (a - b).abs().max() > 1e-4  # the prediction depends on the reference view
+
+
+def test_mae_decoder_never_sees_image2(tiny_kwargs):
+    """The single-view baseline: the same encoder and plain self-attention decoder blocks over image 1 only, so
+    any image 2 (even one of another size) gives the same prediction, and image 2 is not even encoded."""
+    model = CroCoNet(**{**tiny_kwargs, "decoder": "mae"}).eval()
+    keys = model.state_dict()
+    assert "dec_view_embed" not in keys and not any("cross_attn" in k for k in keys)
+    assert "dec_blocks.1.attn.qkv.weight" in keys
+    img1, img2 = _imgs(2, 64, 64)
+    mask = model.mask_generator(2, 64)
+    calls = []
+    model.patch_embed.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    with torch.no_grad():
+        a, _, _ = model(img1, img2, mask=mask)
+        b, _, _ = model(img1, torch.randn(2, 3, 32, 48), mask=mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert calls == [img1.shape, img1.shape]  # one patch embedding per pass: image 1's
+    cross = CroCoNet(**{**tiny_kwargs, "decoder": "cross"}).eval()
+    with torch.no_grad():
+        c, _, _ = cross(img1, img2, mask=mask)
+        d, _, _ = cross(img1, torch.randn_like(img2), mask=mask)
+    assert (c - d).abs().max() > 1e-4  # while the cross decoder does look at image 2
 
 
 def test_cross_decoder_depends_on_image2(tiny_kwargs):
@@ -159,7 +182,7 @@ def test_official_initialisation(tiny_kwargs):
 
 
 def test_unknown_decoder_and_pos_embed_rejected(tiny_kwargs):
-    with pytest.raises(ValueError, match="decoder='mlp': expected one of cross, cat"):
+    with pytest.raises(ValueError, match="decoder='mlp': expected one of cross, cat, mae"):
         CroCoNet(**{**tiny_kwargs, "decoder": "mlp"})
     with pytest.raises(ValueError, match="pos_embed='learned'"):
         CroCoNet(**{**tiny_kwargs, "pos_embed": "learned"})

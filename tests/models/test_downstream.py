@@ -107,6 +107,28 @@ def test_backbone_from_a_lightning_checkpoint(tmp_path, tiny_kwargs):
     assert torch.equal(mono.enc_norm.weight, net.enc_norm.weight)
 
 
+def test_binocular_from_a_single_view_pretraining_keeps_a_random_decoder(tmp_path, tiny_kwargs):
+    """A single-view (decoder=mae) pretraining initialises a binocular task's encoder only
+    (finetune.init_decoder=false); without that flag its self-attention decoder does not fit, in one line."""
+    mae = CroCoNet(**{**tiny_kwargs, "decoder": "mae"})
+    state = {f"net.{k}": v for k, v in mae.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"model": {**tiny_kwargs, "decoder": "mae"}}}, tmp_path / "mae.ckpt")
+    bino = CroCoDownstreamBinocular(PixelwiseTaskWithDPT(num_channels=2), **tiny_kwargs)
+    with pytest.raises(CheckpointError, match=r"mae.ckpt: backbone weights do not fit the model: .*decoder='mae'"):
+        load_backbone(bino, tmp_path / "mae.ckpt")
+    decoder_before = {k: v.clone() for k, v in bino.state_dict().items() if k.startswith("dec_blocks.")}
+    summary = load_backbone(bino, tmp_path / "mae.ckpt", with_decoder=False)
+    assert "dec_blocks" in summary  # dropped, and said so
+    own = bino.state_dict()
+    for key, value in decoder_before.items():
+        assert torch.equal(own[key], value), key
+    for key, value in mae.state_dict().items():
+        if key.startswith(("enc_blocks.", "patch_embed.", "enc_norm.")):
+            assert torch.equal(own[key], value), key
+    with pytest.raises(ValueError, match="model.decoder='mae' never sees image 2"):
+        CroCoDownstreamBinocular(PixelwiseTaskWithDPT(num_channels=2), **{**tiny_kwargs, "decoder": "mae"})
+
+
 def test_cosine_positions_are_resampled_to_the_task_size(tmp_path):
     kwargs = {"img_size": 64, "patch_size": 16, "enc_embed_dim": 64, "enc_depth": 2, "enc_num_heads": 4,
               "dec_embed_dim": 32, "dec_depth": 2, "dec_num_heads": 4, "pos_embed": "cosine"}  # fmt: skip

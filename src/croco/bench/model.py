@@ -148,10 +148,14 @@ def forward_flops_per_pair(kw: dict, height: int, width: int, mask_ratio: float)
     def encoder_block(t: int) -> float:  # qkv + proj + mlp, then q.k and attn.v
         return 2 * t * (4 + 2 * mlp) * D * D + 4 * t * t * D
 
-    patch_embed = 2 * (2 * n) * (3 * p * p) * D
-    encoder = kw["enc_depth"] * (encoder_block(n_vis) + encoder_block(n))
-    embed = 2 * (n_vis + n) * D * d
-    if kw.get("decoder", "cross") == "cross":
+    decoder = kw.get("decoder", "cross")
+    views = 1 if decoder == "mae" else 2  # the single-view baseline never encodes image 2
+    patch_embed = 2 * (views * n) * (3 * p * p) * D
+    encoder = kw["enc_depth"] * (encoder_block(n_vis) + (encoder_block(n) if views == 2 else 0))
+    embed = 2 * (n_vis + (n if views == 2 else 0)) * D * d
+    if decoder == "mae":  # self-attention over image 1
+        block = 2 * n * (4 + 2 * mlp) * d * d + 4 * n * n * d
+    elif decoder == "cross":
         self_attn = 2 * n * 4 * d * d + 4 * n * n * d
         cross_attn = 2 * n * 2 * d * d + 2 * n * 2 * d * d + 4 * n * n * d  # q, out | k, v on memory | scores
         block = self_attn + cross_attn + 2 * n * 2 * mlp * d * d

@@ -57,6 +57,8 @@ class PairDataModule(LightningDataModule):
         homography: probability of a random perspective warp of view 2 (the paper's; off by default, the
             authors later found it unhelpful). ``homography_scale``: corner displacement as a fraction of the side.
         overlap_min, overlap_max: keep pairs whose overlap ``min(covis12, covis21)`` lies in this range.
+        val_overlap: ``[min, max]`` for the validation pairs instead (None: the same range as training), so
+            that runs trained on different overlap ranges are validated on the same pairs.
         val_fraction: fraction of *scenes* held out for validation (deterministic hash of the scene id).
         batch_size: per device (with DDP the global batch is batch_size * world_size).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
@@ -81,6 +83,7 @@ class PairDataModule(LightningDataModule):
         homography_scale: float = 0.15,
         overlap_min: float = 0.0,
         overlap_max: float = 1.0,
+        val_overlap: Sequence[float] | None = None,
         val_fraction: float = 0.05,
         batch_size: int = 64,
         num_workers: int = 4,
@@ -101,6 +104,11 @@ class PairDataModule(LightningDataModule):
         self.spec = parse_transforms(transforms, as_hw(img_size, "data.img_size"))
         if not 0.0 <= overlap_min <= overlap_max <= 1.0:
             raise ValueError(f"need 0 <= overlap_min <= overlap_max <= 1, got {overlap_min}, {overlap_max}")
+        if val_overlap is not None:
+            if len(val_overlap) != 2 or not 0.0 <= float(val_overlap[0]) <= float(val_overlap[1]) <= 1.0:
+                raise ValueError(f"data.val_overlap={list(val_overlap)}: expected [min, max] with 0 <= min <= max <= 1")
+            val_overlap = (float(val_overlap[0]), float(val_overlap[1]))
+        self.val_overlap = val_overlap
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -224,7 +232,9 @@ class PairDataModule(LightningDataModule):
         if self.split_by_shards:
             self._setup_by_shards()
             return
-        train, val, report = build_index(self.sources, self.overlap_min, self.overlap_max, self.val_fraction)
+        train, val, report = build_index(
+            self.sources, self.overlap_min, self.overlap_max, self.val_fraction, self.val_overlap
+        )
         for reader in train.readers:
             try:
                 self.train_transform.check_source_size(*reader.resolution)

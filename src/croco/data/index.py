@@ -113,9 +113,15 @@ class SplitReport:
 
 
 def build_index(
-    sources: Sequence[PairSource], overlap_min: float, overlap_max: float, val_fraction: float
+    sources: Sequence[PairSource],
+    overlap_min: float,
+    overlap_max: float,
+    val_fraction: float,
+    val_overlap: tuple[float, float] | None = None,
 ) -> tuple[PairIndex, PairIndex, SplitReport]:
-    """Open every shard of every source and split its pairs into (train, val) by scene, overlap-filtered.
+    """Open every shard of every source and split its pairs into (train, val) by scene, overlap-filtered
+    (the validation pairs by ``val_overlap`` = (min, max) when given, so runs trained on different overlap
+    ranges are compared on the same held-out pairs).
 
     A pair whose overlap is unknown (NaN, e.g. an imported folder of images without geometry) is kept: the filter
     applies where the overlap is known, and the report counts the unfiltered pairs."""
@@ -138,6 +144,9 @@ def build_index(
             )
             unknown = np.isnan(reader.overlap)
             in_range = ((reader.overlap >= overlap_min) & (reader.overlap <= overlap_max)) | unknown
+            if val_overlap is not None:
+                in_val_range = ((reader.overlap >= val_overlap[0]) & (reader.overlap <= val_overlap[1])) | unknown
+                in_range = np.where(is_val, in_val_range, in_range)
             counts["unknown_overlap"] += int(unknown.sum())
             report.unknown_overlap += int(unknown.sum())
             counts["shards"] += 1

@@ -23,6 +23,7 @@ a forward hook (projections, RoPE, scaled softmax) and checked in the tests agai
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from torch import nn
 
 from croco.data.transforms import normalize
 from croco.models.blocks import CrossAttention
+from croco.utils.files import atomic_output
 from croco.utils.sizes import as_hw
 
 __all__ = ["LocalisationResult", "attention_position_error", "main", "measure_localisation", "record_cross_attention"]
@@ -118,6 +120,16 @@ class LocalisationResult:
                          f"{self.own_position_error[b].mean():.2f} | {self.sharpness[b].mean():.2f} |")  # fmt: skip
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, object]:
+        """Per decoder block: the mean over heads and the best head, as plain numbers (JSON)."""
+        return {
+            "pairs": self.pairs,
+            "error_mean_of_heads": self.error.mean(dim=1).tolist(),
+            "error_best_head": self.error.min(dim=1).values.tolist(),
+            "own_position_error": self.own_position_error.mean(dim=1).tolist(),
+            "sharpness": self.sharpness.mean(dim=1).tolist(),
+        }
+
 
 def shifted_windows(
     views: torch.Tensor, window: tuple[int, int], patch: int, generator: torch.Generator
@@ -191,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="shard folder whose first views are probed")
     parser.add_argument("--pairs", type=int, default=64, help="views probed (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shifts")
+    parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     try:
         from croco.eval.crossview import load_network
@@ -205,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{args.ckpt} on {result.pairs} views of {args.data} (image 2 = image 1 shifted by -1, 0 or +1 patch):")
     print(result.table())
+    if args.out is not None:
+        payload = {"checkpoint": str(args.ckpt), "data": str(args.data), "seed": args.seed, **result.to_dict()}
+        with atomic_output(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

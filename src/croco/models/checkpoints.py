@@ -398,7 +398,9 @@ def check_checkpoint_file(path: str | os.PathLike, *, official_only: bool = Fals
     return read_any_checkpoint(path, mmap=True)[0]
 
 
-def load_backbone(net: torch.nn.Module, path: str | os.PathLike, with_head: bool = False) -> str:
+def load_backbone(
+    net: torch.nn.Module, path: str | os.PathLike, with_head: bool = False, with_decoder: bool = True
+) -> str:
     """Initialise the backbone of a downstream network (``croco.models.downstream``) from ``path``.
 
     Parts the network does not have are dropped: the mask token and the pixel prediction head always, any
@@ -406,16 +408,18 @@ def load_backbone(net: torch.nn.Module, path: str | os.PathLike, with_head: bool
     missing, unexpected or differently shaped key is a one-line :class:`CheckpointError` (never a silent
     ``strict=False``), which names the architecture arguments that differ. Cosine positions stored at another
     grid are resampled bicubically (the official ``interpolate_pos_embed``). ``with_head``: also load ``head.*``
-    (continuing from a fine-tuned file such as CroCo-Stereo: the heads must then match too). Returns a one-line
-    summary."""
+    (continuing from a fine-tuned file such as CroCo-Stereo: the heads must then match too). ``with_decoder=False``:
+    the decoder keeps its random initialisation (a binocular task started from a single-view, MAE-like
+    pretraining, whose decoder never saw image 2). Returns a one-line summary."""
     path = Path(path)
     kwargs, state = read_any_checkpoint(path)
-    keep_decoder = hasattr(net, "dec_blocks")
+    keep_decoder = hasattr(net, "dec_blocks") and with_decoder
     unused = PRETRAINING_ONLY_KEYS if with_head else PRETRAINING_ONLY_KEYS + ("head.",)
     dropped = [k for k in state if k.startswith(unused) or (not keep_decoder and k.startswith(DECODER_KEYS))]
     state = {k: v for k, v in state.items() if k not in set(dropped)}
     interpolate_pos_embed(net, state)
-    own = {k: v for k, v in net.state_dict().items() if with_head or not k.startswith("head.")}
+    own = {k: v for k, v in net.state_dict().items() if (with_head or not k.startswith("head."))
+           and (keep_decoder or not k.startswith(DECODER_KEYS))}  # fmt: skip
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state

@@ -9,6 +9,8 @@ sequence with mask tokens and reconstructs the masked patches from its visible o
 * ``decoder="cat"`` (the paper's CatBlock ablation): image-1 and image-2 decoder tokens, each with a learned
   per-view embedding, are concatenated and processed by plain self-attention blocks; predictions are read from
   the image-1 part.
+* ``decoder="mae"`` (the single-view baseline, MAE): the same plain self-attention blocks over image 1's tokens
+  alone; image 2 is neither encoded nor seen, so the network can only inpaint from image 1's visible patches.
 
 Constructor arguments, module names and numerics are those of the official implementation, so the released
 checkpoints load with ``strict=True`` (see ``croco.models.checkpoints``). Unlike the official model, any image
@@ -45,7 +47,7 @@ from croco.models.pos_embed import RoPE2D, resample_pos_embed, rope_base_from_na
 
 __all__ = ["DECODERS", "POS_RESIZE_MODES", "CroCoNet", "PosResize"]
 
-DECODERS = ("cross", "cat")
+DECODERS = ("cross", "cat", "mae")
 PosResize = Literal["bicubic", "analytic"]
 POS_RESIZE_MODES: tuple[str, ...] = get_args(PosResize)
 CosineBuffer = Literal["enc_pos_embed", "dec_pos_embed"]
@@ -127,7 +129,8 @@ class CroCoNet(nn.Module):
                 for _ in range(dec_depth)
             )
         else:
-            self.dec_view_embed = nn.Parameter(torch.zeros(2, dec_embed_dim))  # tells the two views apart
+            if decoder == "cat":
+                self.dec_view_embed = nn.Parameter(torch.zeros(2, dec_embed_dim))  # tells the two views apart
             self.dec_blocks = nn.ModuleList(
                 Block(dec_embed_dim, dec_num_heads, mlp_ratio, norm_layer, self.rope) for _ in range(dec_depth)
             )
@@ -300,16 +303,23 @@ class CroCoNet(nn.Module):
         return_all_blocks: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
         x1 = self.decoder_embed(feat1)
-        x2 = self.decoder_embed(feat2)
         if visible1 is not None:  # put the visible tokens back among mask tokens, at their positions
             B, N, C = x1.shape[0], pos1.shape[1], x1.shape[-1]
             full = self.mask_token.to(x1.dtype).expand(B, N, C)
             x1 = full.scatter(1, visible1[..., None].expand(-1, -1, C), x1)
         if self.dec_pos_embed is not None:
             x1 = x1 + self.cosine_pos_embed("dec_pos_embed", grids[0])
-            x2 = x2 + self.cosine_pos_embed("dec_pos_embed", grids[1])
 
         outputs = []
+        if self.decoder_type == "mae":  # image 1 alone
+            for block in self.dec_blocks:
+                x1 = block(x1, pos1)
+                outputs.append(x1)
+            outputs[-1] = self.dec_norm(outputs[-1])
+            return outputs if return_all_blocks else outputs[-1]
+        x2 = self.decoder_embed(feat2)
+        if self.dec_pos_embed is not None:
+            x2 = x2 + self.cosine_pos_embed("dec_pos_embed", grids[1])
         if self.decoder_type == "cross":
             for block in self.dec_blocks:
                 x1, x2 = block(x1, x2, pos1, pos2)
@@ -353,7 +363,10 @@ class CroCoNet(nn.Module):
             num_visible = self._check_mask(mask, B, n1)
         visible = visible_indices(mask, num_visible)
         feat1, pos1 = self._encode_image(img1, visible)
-        feat2, pos2 = self._encode_image(img2)
+        if self.decoder_type == "mae":  # the single-view baseline never looks at image 2
+            feat2, pos2 = feat1, pos1
+        else:
+            feat2, pos2 = self._encode_image(img2)
         dec = self._decoder(feat1, pos1, visible, feat2, pos2, (grid1, grid2))
         return self.prediction_head(dec), mask, self.patchify(img1)
 

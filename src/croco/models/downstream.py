@@ -64,6 +64,9 @@ class CroCoDownstreamBinocular(CroCoNet):
     """Encoder + decoder + head on two images; ``forward(img1, img2)`` -> the head's output."""
 
     def __init__(self, head: nn.Module, **croco_kwargs: Any):
+        if croco_kwargs.get("decoder") == "mae":
+            raise ValueError("model.decoder='mae' never sees image 2: a binocular task needs 'cross' or 'cat' "
+                             "(start it from a single-view pretraining with finetune.init_decoder=false)")
         super().__init__(**croco_kwargs)
         _remove(self, PRETRAINING_ONLY)
         head.setup(self)

@@ -36,6 +36,7 @@ from croco.models.checkpoints import (
     check_croco_kwargs,
     croco_kwarg_names,
 )
+from croco.models.croco import DECODERS
 from croco.models.masking import check_mask_ratio, num_masked
 from croco.tasks.optim import OptimRecipe
 from croco.utils.config import ConfigError, entry_config, group_keys, unknown_key_error
@@ -272,8 +273,8 @@ def check_model(cfg: DictConfig) -> None:
             f"positive multiples of {patch} (e.g. {max(patch, round(h / patch) * patch)})"
         )
     decoder = _get(cfg, "model.decoder", "cross")
-    if decoder not in ("cross", "cat"):
-        raise ConfigError(f"model.decoder={decoder!r}: expected one of cross, cat")
+    if decoder not in DECODERS:
+        raise ConfigError(f"model.decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
     pos = _get(cfg, "model.pos_embed", "cosine")
     if pos != "cosine" and not re.fullmatch(r"RoPE\d+(\.\d+)?", str(pos)):
         raise ConfigError(f"model.pos_embed={pos!r}: expected cosine or RoPE<base> (e.g. RoPE100)")
@@ -423,7 +424,9 @@ def check_pretraining(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------ downstream
-FINETUNE_DEFAULTS: dict[str, Any] = {"init": "scratch", "init_head": False, "freeze": None, "drop_path": 0.0}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "init": "scratch", "init_head": False, "init_decoder": True, "freeze": None, "drop_path": 0.0
+}
 """Keys of ``conf/finetune/*.yaml``."""
 
 
@@ -443,8 +446,9 @@ def finetune_settings(values: Mapping[str, Any] | None) -> dict[str, Any]:
     if not (freeze_value is None or freeze_value == "backbone" or
             (isinstance(freeze_value, int) and not isinstance(freeze_value, bool) and freeze_value >= 0)):  # fmt: skip
         raise ValueError(f"finetune.freeze={freeze_value!r}: expected null, backbone or a number of encoder blocks")
-    if not isinstance(out["init_head"], bool):
-        raise ValueError(f"finetune.init_head={out['init_head']!r}: expected true or false")  # noqa: TRY004
+    for key in ("init_head", "init_decoder"):
+        if not isinstance(out[key], bool):
+            raise ValueError(f"finetune.{key}={out[key]!r}: expected true or false")  # noqa: TRY004
     rate = out["drop_path"]
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
         raise ValueError(f"finetune.drop_path={rate!r}: expected a rate in [0, 1)")

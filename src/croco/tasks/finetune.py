@@ -87,7 +87,8 @@ class FinetuneTask(BaseTask):
         if self.trainer.ckpt_path is not None:
             log.info("resuming from %s: finetune.init=%s not applied", self.trainer.ckpt_path, init)
         else:
-            log.info(load_backbone(self.net, Path(init), with_head=self.settings["init_head"]))
+            log.info(load_backbone(self.net, Path(init), with_head=self.settings["init_head"],
+                                   with_decoder=self.settings["init_decoder"]))
         self._initialised = True
 
     def on_train_epoch_start(self) -> None:
