@@ -91,6 +91,28 @@ def test_val_overlap_validates_every_run_on_the_same_pairs(shard_folder: Path) -
         _module(shard_folder, val_overlap=[0.5, 0.2])
 
 
+@pytest.mark.parametrize("transforms", ["crop48+acolor", "resize56+crop48+acolor"])
+def test_decoding_on_the_device_gives_the_same_batches(shard_folder: Path, transforms: str) -> None:
+    """data.decode_on_device: the workers leave the JPEGs encoded and plan the crops, the batch is decoded in
+    on_before_batch_transfer (here on the CPU; nvJPEG on a GPU): the same pixels, crops and jitter."""
+    batches = {}
+    for on_device in (False, True):
+        module = _module(shard_folder, transforms=transforms, decode_on_device=on_device)
+        module.setup("fit")
+        batches[on_device] = [module.on_after_batch_transfer(module.on_before_batch_transfer(b, 0), 0)
+                              for loader in (module.train_dataloader(), module.val_dataloader()) for b in loader]  # fmt: skip
+    assert len(batches[False]) == len(batches[True]) > 2
+    for plain, decoded in zip(batches[False], batches[True], strict=True):
+        assert plain.keys() == decoded.keys()
+        for key, value in plain.items():
+            if torch.is_tensor(value):
+                torch.testing.assert_close(decoded[key], value, rtol=0, atol=0, msg=key)
+            else:
+                assert decoded[key] == value, key
+    with pytest.raises(ValueError, match="data.decode_on_device=true needs data.homography=0"):
+        _module(shard_folder, decode_on_device=True, homography=0.5)
+
+
 def test_weighted_sources_share_each_epoch(tmp_path: Path) -> None:
     big, small = tmp_path / "big", tmp_path / "small"
     write_shard(big / "s.h5", [f"b{i}" for i in range(30)], [0.5] * 30)

@@ -252,6 +252,30 @@ def test_sdpa_backend_matches_explicit_softmax_on_cuda(backend, precision):
     compare_sdpa_backend("cuda", precision, backend)
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_jpeg_batches_decode_on_cuda_like_on_the_cpu(tmp_path):
+    """data.decode_on_device on a GPU: nvJPEG's pixels within a few levels of libjpeg-turbo's (their IDCTs differ),
+    crops and jitter parameters identical."""
+    from croco.data.datamodule import PairDataModule
+    from croco.data.transforms import PairTransform, decode_views_on, parse_transforms
+    from tests.data.conftest import write_shard
+
+    folder = tmp_path / "pairs"
+    write_shard(folder / "shard-00000.h5", [f"s{i}" for i in range(8)], [0.5] * 8, size=64)
+    module = PairDataModule([str(folder)], img_size=48, transforms="resize56+crop48+acolor", batch_size=8,
+                            num_workers=0, val_fraction=0.0, decode_on_device=True)  # fmt: skip
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    transform = PairTransform(parse_transforms("resize56+crop48+acolor", 48))
+    on_cpu = decode_views_on("cpu", dict(batch), transform)
+    on_cuda = decode_views_on("cuda", dict(batch), transform)
+    for key in ("img1", "img2"):
+        assert on_cuda[key].device.type == "cuda"
+        difference = (on_cuda[key].cpu().float() - on_cpu[key].float()).abs()
+        assert difference.mean() < 1.0 and difference.max() <= 8, key
+
+
 # ------------------------------------------------------------- the same helpers on the CPU (not marked gpu)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_step_comparison_on_cpu(precision):

@@ -39,7 +39,7 @@ from croco.data.sampler import EpochPairSampler
 from croco.data.shards import ShardError, finished_shards
 from croco.data.splits import fill_if_empty
 from croco.data.streaming import BackgroundGeneration, planned_output, shard_name
-from croco.data.transforms import PairTransform, finish_batch, parse_transforms
+from croco.data.transforms import PairTransform, decode_views_on, finish_batch, parse_transforms
 from croco.utils.sizes import as_hw
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class PairDataModule(LightningDataModule):
         val_fraction: fraction of *scenes* held out for validation (deterministic hash of the scene id).
         batch_size: per device (with DDP the global batch is batch_size * world_size).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
+        decode_on_device: the workers read and crop-plan the pairs but leave the JPEGs encoded; they are decoded
+            batch-wise on the training device (nvJPEG on a GPU, ``torchvision.io.decode_jpeg``) before the batch
+            moves there, then cropped as the workers planned (the same batch as decoding in the workers).
         pairs_per_epoch: training pairs per epoch (default: the number of training pairs).
         seed: drives the per-epoch draw and every per-sample augmentation.
         generate_if_missing: a callable ``f(folder)`` that fills an empty folder with shards (e.g. a partial of
@@ -94,6 +97,7 @@ class PairDataModule(LightningDataModule):
         generate_if_missing: Callable[[Path], Any] | None = None,
         max_bad_fraction: float = 0.01,
         stream_val_shards: int | None = None,
+        decode_on_device: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(sources, (str, Path, Mapping)):
@@ -116,6 +120,9 @@ class PairDataModule(LightningDataModule):
         self.train_transform = PairTransform(
             self.spec, homography=homography, homography_scale=homography_scale
         )
+        if decode_on_device and homography > 0:
+            raise ValueError("data.decode_on_device=true needs data.homography=0 (the warp runs on decoded pixels)")
+        self.decode_on_device = bool(decode_on_device)
         self.val_transform = PairTransform(self.spec, train=False)
         self.overlap_min, self.overlap_max = float(overlap_min), float(overlap_max)
         self.val_fraction = float(val_fraction)
@@ -254,7 +261,7 @@ class PairDataModule(LightningDataModule):
                 self.val_fraction,
             )
         self.report = report
-        common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction}
+        common = {"seed": self.seed, "max_bad_fraction": self.max_bad_fraction, "decode_on_device": self.decode_on_device}
         self.data_train = PairDataset(train, self.train_transform, split="train", **common)
         self.data_val = PairDataset(val, self.val_transform, split="val", **common)
 
@@ -346,7 +353,8 @@ class PairDataModule(LightningDataModule):
             )
         self.report = report
         self.data_val = PairDataset(val, self.val_transform, split="val", seed=self.seed,
-                                    max_bad_fraction=self.max_bad_fraction)  # fmt: skip
+                                    max_bad_fraction=self.max_bad_fraction,
+                                    decode_on_device=self.decode_on_device)  # fmt: skip
         self._update_train_shards(index)
 
     def _recorded_shards(self, epoch: int) -> list[str] | None:
@@ -397,7 +405,8 @@ class PairDataModule(LightningDataModule):
         if self.data_train is not None:
             self._bad_before += self.data_train.bad_pairs
         self.data_train = PairDataset(train, self.train_transform, split="train", seed=self.seed,
-                                      max_bad_fraction=self.max_bad_fraction)  # fmt: skip
+                                      max_bad_fraction=self.max_bad_fraction,
+                                      decode_on_device=self.decode_on_device)  # fmt: skip
         self.train_shards = available
         if not self.shard_history or self.shard_history[-1][1] != available:
             self.shard_history.append((epoch, available))
@@ -464,6 +473,15 @@ class PairDataModule(LightningDataModule):
                      self.sources[0].path, done)  # fmt: skip
 
     # -- batches -----------------------------------------------------------------------------------------
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``decode_on_device``: decode the batch's JPEGs straight onto the training device (the encoded
+        bytes must be on the CPU for ``decode_jpeg``, so this runs before the transfer)."""
+        if not (isinstance(batch, dict) and "img1_jpeg" in batch):
+            return batch
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return decode_views_on(device, batch, self.val_transform)  # crops only: the same for both splits
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Colour jitter + ImageNet normalisation, batched on the training device (see transforms.finish_batch).

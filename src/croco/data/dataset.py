@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from croco.data.index import PairIndex
-from croco.data.shards import CorruptPairError
+from croco.data.shards import JPEG_SOI, CorruptPairError
 from croco.data.transforms import PairTransform
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,13 @@ class PairDataset(Dataset):
         seed: int = 0,
         max_bad_fraction: float = 0.01,
         split: str = "train",
+        decode_on_device: bool = False,
     ) -> None:
+        if decode_on_device and transform.homography > 0:
+            raise ValueError("data.decode_on_device=true needs data.homography=0 (the warp runs on decoded pixels)")
         self.index = index
         self.transform = transform
+        self.decode_on_device = decode_on_device
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.split = split
@@ -85,6 +89,8 @@ class PairDataset(Dataset):
         reader = self.index.readers[self.index.shard[pair]]
         row = int(self.index.local[pair])
         encoded1, encoded2 = reader.encoded_images(row)
+        if self.decode_on_device:
+            return self._encoded_sample(reader, row, pair, (encoded1, encoded2), rng)
         first, second = buffers if buffers is not None else (None, None)
         image1 = reader.decode(encoded1, row, "image1", first)
         image2 = reader.decode(encoded2, row, "image2", second)
@@ -92,6 +98,26 @@ class PairDataset(Dataset):
         sample["overlap"] = float(self.index.overlap[pair])
         sample["scene"] = reader.scene[row]
         sample["pair"] = pair
+        return sample
+
+    def _encoded_sample(self, reader: Any, row: int, pair: int, encoded: tuple[bytes, bytes],
+                        rng: random.Random) -> dict:  # fmt: skip
+        """A pair left encoded, for ``decode_views_on``: the JPEG bytes and the crop boxes drawn now."""
+        for name, data in zip(("image1", "image2"), encoded, strict=True):
+            if data[:2] != JPEG_SOI:
+                raise CorruptPairError(f"{reader.path}: pair {row} {name}: not a JPEG (data.decode_on_device=true "
+                                       "decodes JPEGs only)")  # fmt: skip
+        plan = self.transform.plan(reader.resolution, reader.resolution, rng)
+        sample: dict[str, Any] = {
+            "img1_jpeg": torch.frombuffer(bytearray(encoded[0]), dtype=torch.uint8),
+            "img2_jpeg": torch.frombuffer(bytearray(encoded[1]), dtype=torch.uint8),
+            "boxes": torch.tensor(plan.boxes, dtype=torch.int64),
+            "overlap": float(self.index.overlap[pair]),
+            "scene": reader.scene[row],
+            "pair": pair,
+        }
+        if plan.jitter is not None:
+            sample["jitter"] = plan.jitter
         return sample
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -131,8 +157,13 @@ class PairDataset(Dataset):
         """A whole collated batch (the DataLoader's batched fetch): each pair is decoded into reused buffers and
         its crops are copied straight into the batch tensors, allocated in shared memory inside a worker.
 
-        Same samples as ``[self[k] for k in keys]`` collated, with one full-image copy fewer per view.
+        Same samples as ``[self[k] for k in keys]`` collated, with one full-image copy fewer per view. With
+        ``decode_on_device`` the encoded images stay lists (their lengths differ) for ``decode_views_on``.
         """
+        if self.decode_on_device:
+            samples = [self._sample(key, None) for key in keys]
+            encoded = {name: [s.pop(name) for s in samples] for name in ("img1_jpeg", "img2_jpeg")}
+            return {**default_collate(samples), **encoded}
         buffers = self._decode_buffers()
         height, width = self.transform.spec.crop
         views = {name: _batch_tensor((len(keys), height, width, 3)) for name in ("img1", "img2")}

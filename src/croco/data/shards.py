@@ -74,7 +74,7 @@ RESERVED_ATTRS = (
     "optional_fields",
 )
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_JPEG_SOI = b"\xff\xd8"
+JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -174,7 +174,7 @@ def check_encoded_image(data: bytes) -> None:
     libjpeg only *warns* about a truncated stream and returns a half-grey image, so a cut-off file would pass
     silently through decoding; checking the end-of-image marker turns it into a countable error.
     """
-    if data[:2] == _JPEG_SOI:
+    if data[:2] == JPEG_SOI:
         if data.rstrip(b"\x00")[-2:] != _JPEG_EOI:
             raise ValueError("JPEG stream is truncated (no end-of-image marker)")
     elif data[:8] == _PNG_MAGIC:
@@ -226,7 +226,7 @@ def decode_image_tensor(data: bytes, buffer: np.ndarray | None = None) -> torch.
     import torch
 
     check_encoded_image(data)
-    simplejpeg_decode = _simplejpeg() if data[:2] == _JPEG_SOI else None
+    simplejpeg_decode = _simplejpeg() if data[:2] == JPEG_SOI else None
     if simplejpeg_decode is not None:
         try:
             return torch.from_numpy(simplejpeg_decode(data, colorspace="RGB", buffer=buffer))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -163,6 +163,15 @@ def resize_shorter(image: torch.Tensor, shorter: int) -> torch.Tensor:
     return TF.resize(image.permute(2, 0, 1), [shorter], antialias=True).permute(1, 2, 0).contiguous()
 
 
+class PairPlan(NamedTuple):
+    """The random choices of one pair's stage 1: crop boxes (top, left) of both views, the homography of
+    view 2 (its source quadrilateral) or None, the jitter parameters (2, 2, 3) or None."""
+
+    boxes: tuple[tuple[int, int], tuple[int, int]]
+    quad: list[list[int]] | None
+    jitter: torch.Tensor | None
+
+
 class PairTransform:
     """Stage 1 of the pair transform (in DataLoader workers, on (H, W, 3) uint8 tensors).
 
@@ -190,12 +199,18 @@ class PairTransform:
         mode = "train" if self.train else "eval"
         return f"PairTransform({self.spec.name!r}, homography={self.homography}, {mode})"
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size of a (height, width) source after the optional ``resize<S>`` (torchvision's rule for the
+        longer side)."""
+        if not self.spec.resize:
+            return height, width
+        short, long = sorted((height, width))
+        long = int(self.spec.resize * long / short)
+        return (self.spec.resize, long) if height <= width else (long, self.spec.resize)
+
     def check_source_size(self, height: int, width: int) -> None:
         """Raise ValueError if images of this size cannot produce the output size."""
-        if self.spec.resize:
-            short, long = sorted((height, width))
-            long = int(self.spec.resize * long / short)  # torchvision's rule for the longer side
-            height, width = (self.spec.resize, long) if height <= width else (long, self.spec.resize)
+        height, width = self.resized_size(height, width)
         crop_h, crop_w = self.spec.crop
         if crop_h > height or crop_w > width:
             raise ValueError(
@@ -203,11 +218,27 @@ class PairTransform:
                 f"the source gives {height}x{width} (add resize<S> to the transforms)"
             )
 
-    def _view(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    def plan(self, size1: tuple[int, int], size2: tuple[int, int], rng: random.Random) -> PairPlan:
+        """Draw everything random about a pair from the source sizes alone (no pixels needed): the crop boxes,
+        the homography of view 2 and the jitter parameters, in that order of draws."""
+        crop = self.spec.crop
+        box1 = random_crop_box(rng if self.train else None, *self.resized_size(*size1), crop)
+        box2 = random_crop_box(rng if self.train else None, *self.resized_size(*size2), crop)
+        quad = None
+        if self.train and self.homography > 0 and rng.random() < self.homography:
+            quad = random_homography_corners(rng, *crop, self.homography_scale)
+        jitter = None
+        if self.train and self.spec.acolor:
+            # A fresh draw per view (fully asymmetric), packed as one (view, [op ids, factors], step) tensor.
+            jitter = torch.tensor([sample_color_jitter(rng), sample_color_jitter(rng)], dtype=torch.float32)
+        return PairPlan((box1, box2), quad, jitter)
+
+    def view(self, image: torch.Tensor, box: tuple[int, int]) -> torch.Tensor:
+        """The crop at ``box`` of an (H, W, 3) uint8 image, resized first if the transform says so (a view of
+        the image when no resize is needed)."""
         if self.spec.resize:
             image = resize_shorter(image, self.spec.resize)
-        top, left = random_crop_box(rng if self.train else None, *image.shape[:2], self.spec.crop)
-        crop_h, crop_w = self.spec.crop
+        (top, left), (crop_h, crop_w) = box, self.spec.crop
         return image[top : top + crop_h, left : left + crop_w]
 
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor, rng: random.Random) -> dict[str, Any]:
@@ -217,18 +248,14 @@ class PairTransform:
         order and their factors. Without colour jitter (evaluation, or no 'acolor') there is no ``jitter``
         entry and stage 2 only converts and normalises.
         """
-        view1 = self._view(image1, rng)
-        view2 = self._view(image2, rng)
-        if self.train and self.homography > 0 and rng.random() < self.homography:
-            quad = random_homography_corners(rng, *view2.shape[:2], self.homography_scale)
-            view2 = warp_homography(view2, quad)
+        plan = self.plan(tuple(image1.shape[:2]), tuple(image2.shape[:2]), rng)
+        view1, view2 = self.view(image1, plan.boxes[0]), self.view(image2, plan.boxes[1])
+        if plan.quad is not None:
+            view2 = warp_homography(view2, plan.quad)
         # Crops stay views: collation copies them once, straight into the (shared-memory) batch.
         sample: dict[str, Any] = {"img1": view1, "img2": view2}
-        if self.train and self.spec.acolor:
-            # A fresh draw per view (fully asymmetric), packed as one (view, [op ids, factors], step) tensor.
-            sample["jitter"] = torch.tensor(
-                [sample_color_jitter(rng), sample_color_jitter(rng)], dtype=torch.float32
-            )
+        if plan.jitter is not None:
+            sample["jitter"] = plan.jitter
         return sample
 
     def apply(self, image1: Any, image2: Any, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +267,31 @@ class PairTransform:
         batch = {key: value.unsqueeze(0) for key, value in sample.items()}
         batch = finish_batch(batch)
         return batch["img1"][0], batch["img2"][0]
+
+
+def decode_views_on(device: torch.device | str, batch: dict[str, Any], transform: PairTransform) -> dict[str, Any]:
+    """Stage 1 finished on ``device`` for a batch whose JPEGs were left encoded by the workers
+    (``PairDataset(decode_on_device=True)``): ``img1_jpeg`` / ``img2_jpeg`` (lists of 1-D uint8 CPU tensors)
+    and ``boxes`` (B, 2, 2) -> uint8 (B, H, W, 3) ``img1`` / ``img2`` on ``device``. torchvision's
+    ``decode_jpeg`` decodes the whole list at once (nvJPEG on a CUDA device, libjpeg-turbo on the CPU); the
+    crops are those the workers drew, so the batch equals the one decoded in the workers."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = dict(batch)
+    boxes = out.pop("boxes").tolist()
+    crop_h, crop_w = transform.spec.crop
+    for view, key in enumerate(("img1", "img2")):
+        encoded = out.pop(f"{key}_jpeg")
+        with warnings.catch_warnings():  # torchvision 0.29 points its decoders to TorchCodec; still supported
+            warnings.simplefilter("ignore", UserWarning)
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        views = torch.empty((len(images), crop_h, crop_w, 3), dtype=torch.uint8, device=device)
+        for row, image in enumerate(images):
+            views[row] = transform.view(image.permute(1, 2, 0), tuple(boxes[row][view]))
+        out[key] = views
+    return out
 
 
 # --------------------------------------------------------------------------------------------- stage 2

@@ -14,7 +14,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from croco.studies.common import eval_path, figure, final, fmt, init_override, read_eval, relative, series_of, table
+from croco.studies.common import (
+    eval_path,
+    figure,
+    final,
+    fmt,
+    init_override,
+    read_eval,
+    relative,
+    series_of,
+    table,
+)
 from croco.studies.runner import Job, checkpoint_of, train_job
 from croco.utils.resolvers import run_name_from_overrides
 
