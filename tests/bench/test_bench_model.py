@@ -47,6 +47,9 @@ def test_append_row_creates_and_extends_sections(tmp_path):
     text = path.read_text()
     assert text.count("## Model") == 1 and "| 1 | 2 |\n| 3 | 4 |" in text
     assert "| 1 |\n| 5 |" in text and text.index("| 5 |") < text.index("## Model")
+    path.write_text("# B\n\n## Model\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\nA note on the table.\n")
+    append_row(path, "Model", ["x", "y"], ["3", "4"])
+    assert path.read_text() == "# B\n\n## Model\n\n| x | y |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\nA note on the table.\n"
 
 
 def test_bench_step_runs_a_real_update_and_interleaves_the_peak_rounds():

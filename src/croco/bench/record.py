@@ -13,7 +13,8 @@ BENCHMARKS_MD = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"  
 
 
 def append_row(path: Path, section: str, columns: list[str], row: list[str], intro: str | None = None) -> None:
-    """Append ``row`` to the table under ``## section`` of ``path``; other sections stay as they are.
+    """Append ``row`` to the table under ``## section`` of ``path`` (after its last row, before any text that
+    follows the table); other sections stay as they are.
 
     The file, the section (with ``intro`` under its heading) and the table header are created when missing;
     a changed column list starts a new table in the section. Written to a temporary file, then renamed."""
@@ -33,6 +34,10 @@ def append_row(path: Path, section: str, columns: list[str], row: list[str], int
         if header not in lines[start:end]:
             lines[end:end] = ["", header, rule]
             end += 3
+        else:  # right under the table's last row: notes written after the table stay after it
+            end = lines.index(header, start, end) + 1
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
         lines.insert(end, line)
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
