@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install pretrain smoke test test-fast test-slow bench lint clean habitat-data \
+.PHONY: help install pretrain smoke test test-fast test-slow bench bench-grid gpu-check lint clean habitat-data \
 	results study-crossview study-mask-overlap study-decoders study-init
 
 help:  ## list the targets
@@ -42,6 +42,20 @@ bench: $(STAMP)  ## benchmarks: model step throughput, data pipeline, pair gener
 	$(PY) -m croco.bench.model --variants official project project-compiled --precision bf16
 	$(PY) -m croco.bench.data
 	$(PY) -m croco.bench.generate
+
+gpu-check: $(STAMP)  ## on a CUDA machine: the tests marked gpu, then v1 and v2-L bf16 step benchmarks (~5 min)
+	PY=$(PY) scripts/gpu_check.sh
+
+# Every model preset at 224 and at a non-square binocular size, fp32 and bf16, eager and compiled (hours on a CPU;
+# minutes on a GPU: BENCH_ARGS='--device cuda'). One bench process per cell, rows to docs/benchmarks.md.
+BENCH_PRESETS ?= croco_v1 croco_v2_base_small croco_v2_base_base croco_v2_large_base
+BENCH_SIZES ?= 224 "224 320"
+BENCH_ARGS ?=
+bench-grid: $(STAMP)  ## the training-step bench over presets x sizes x precisions, eager and compiled
+	@for preset in $(BENCH_PRESETS); do for size in $(BENCH_SIZES); do for precision in fp32 bf16; do \
+		$(PY) -m croco.bench.model --preset $$preset --img $$size --precision $$precision \
+			--variants official project project-compiled $(BENCH_ARGS) || exit 1; \
+	done; done; done
 
 # The paper's findings at the smoke scale (docs/results.md): each target runs the study's jobs that are not done
 # yet (logs/studies/<study>/*.done; a relaunch goes on where it stopped), then writes its figures and its part
