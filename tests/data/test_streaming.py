@@ -124,6 +124,27 @@ def test_a_failed_background_generation_is_one_line(tmp_path: Path) -> None:
     assert "seed" in message and ".generation.log" in message
 
 
+def _record_niceness(folder: Path) -> None:
+    """A fill callable that writes its own and its worker's scheduling niceness."""
+    worker = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+    (folder / "nice.txt").write_text(f"{os.nice(0)} {worker.stdout.strip()}")
+
+
+def test_the_background_generator_yields_the_cores_to_training(tmp_path: Path) -> None:
+    """The child (and every process it starts) runs BACKGROUND_NICENESS above the training process."""
+    from croco.data.streaming import BACKGROUND_NICENESS
+
+    background = BackgroundGeneration(tmp_path, _record_niceness)
+    background.start()
+    deadline = time.monotonic() + 60
+    while background.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert background.returncode == 0, background.failure()
+    own = os.nice(0)
+    expected = min(own + BACKGROUND_NICENESS, 19)
+    assert (tmp_path / "nice.txt").read_text() == f"{expected} {expected}"
+
+
 def _stubborn_generator(folder: Path) -> None:
     """A fill callable that ignores Ctrl-C and has a worker process of its own (as the generator's pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_NAME", "BackgroundGeneration", "PlannedOutput", "planned_output", "shard_name"]
+__all__ = ["BACKGROUND_NICENESS", "LOG_NAME", "BackgroundGeneration", "PlannedOutput", "planned_output", "shard_name"]
+
+BACKGROUND_NICENESS = 10
+"""Added to the child's scheduling niceness (and so its pool workers'): once training runs it takes the cores
+first, while the generator only has to finish the next shards before the next epoch boundary."""
 
 LOG_NAME = ".generation.log"
 """The child's stdout and stderr, inside the folder it fills (``*.h5`` listings never see it)."""
@@ -159,6 +163,8 @@ def _one_line(error: BaseException) -> str:
 def main() -> int:
     """The child: read ``(generate, folder)`` from stdin, fill the folder, end with one ``error:`` line on failure."""
     generate, folder = pickle.load(sys.stdin.buffer)
+    with contextlib.suppress(OSError, AttributeError):  # not every platform lets a process lower its priority
+        os.nice(BACKGROUND_NICENESS)
     try:
         generate(Path(folder))
     except KeyboardInterrupt as error:
