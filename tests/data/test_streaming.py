@@ -126,7 +126,8 @@ def test_a_failed_background_generation_is_one_line(tmp_path: Path) -> None:
 
 def _record_niceness(folder: Path) -> None:
     """A fill callable that writes its own and its worker's scheduling niceness."""
-    worker = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+    worker = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True,
+                            check=True)
     (folder / "nice.txt").write_text(f"{os.nice(0)} {worker.stdout.strip()}")
 
 
