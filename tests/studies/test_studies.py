@@ -137,7 +137,8 @@ def _fake_runs() -> dict[str, float]:
         _write_metrics(run, {"val/psnr_masked": [15.0 + index, 17.25 + index], "val/loss": [0.9, 0.8],
                              "val/crossview/gap_other": [0.01, 0.1 * (index + 1)], "perf/pairs_per_s": [70.0, 71.0]})
         gap = 0.0 if name == "mae" else 0.05 * (index + 1)
-        payload = {"bins": bins, "gap": {"other": {"all": gap, **{b: gap for b in bins}}}}
+        payload = {"bins": bins, "gap": {"other": {"all": gap, **{b: gap for b in bins}}},
+                   "count": {"true": {"all": 40, **{b: 10 for b in bins}}}}
         (Path("logs/runs") / run / "eval").mkdir(parents=True, exist_ok=True)
         (Path("logs/runs") / run / "eval" / "crossview.json").write_text(json.dumps(payload))
     (Path("logs/runs") / PRETRAININGS["croco"][0] / "eval" / "localisation.json").write_text(

@@ -49,7 +49,7 @@ def report(doc: Path, figures: Path) -> str:
     series = {name: series_of(run) for name, run in runs.items()}
     health = {name: read_eval(run, "crossview") for name, run in runs.items()}
 
-    bins = list(health["croco"]["bins"]) if health["croco"] else []
+    bins = [b for b in health["croco"]["bins"] if health["croco"]["count"]["true"].get(b)] if health["croco"] else []
 
     def draw(plt, fig):
         ax1, ax2 = fig.subplots(1, 2)
@@ -62,7 +62,8 @@ def report(doc: Path, figures: Path) -> str:
         width = 0.38
         for offset, name in ((-width / 2, "croco"), (width / 2, "mae")):
             gaps = [100 * (health[name]["gap"]["other"].get(b) or 0.0) if health[name] else 0.0 for b in bins]
-            ax2.bar([i + offset for i in range(len(bins))], gaps, width, label=name)
+            bars = ax2.bar([i + offset for i in range(len(bins))], gaps, width, label=name)
+            ax2.bar_label(bars, fmt="%.1f", fontsize=8)
         ax2.set_xticks(range(len(bins)), [f"overlap {b}" for b in bins], fontsize=8)
         ax2.set(ylabel="gap vs another scene's view 2 (%)", title="use of view 2")
         ax2.axhline(0, color="black", lw=0.8)
