@@ -99,7 +99,6 @@ def run_stages(
     keys = [job.key for stage in stages for job in stage]
     if len(set(keys)) != len(keys):
         raise ValueError(f"study {study}: job keys repeat: {sorted({k for k in keys if keys.count(k) > 1})}")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     total = sum(len(stage) for stage in stages)
     done_count, ran = 0, 0
     for index, stage in enumerate(stages):
@@ -113,6 +112,7 @@ def run_stages(
                 print(f"  {job.command}")
             continue
         failed: list[str] = []
+        threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))  # a lone job gets every core
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(_run_one, study, job, threads, python) for job in todo]
             for future in futures:
