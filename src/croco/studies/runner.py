@@ -4,7 +4,7 @@ A job is a command line (``python train.py ...`` or ``python -m croco.eval...``)
 ``logs/studies/<study>/<job>.done`` records the command; a relaunch skips every job whose marker holds the same
 command, so an interrupted study goes on where it stopped (a training run itself resumes from its
 ``last.ckpt``). Jobs of one stage are independent and run ``jobs`` at a time, each with its share of the CPU
-threads; a stage starts when the previous one has finished. Each job's output goes to ``<job>.log`` beside its
+threads (all of them for a stage of one job); a stage starts when the previous one has finished. Each job's output goes to ``<job>.log`` beside its
 marker; a failure stops the study after its stage with one line naming the job and its log.
 """
 
