@@ -272,6 +272,11 @@ def test_multirun_two_jobs(tiny_shards, tiny_overrides, tmp_path):
         groups.add(ckpt["cfg"]["logger"]["wandb"]["group"])
         names.add(ckpt["cfg"]["run_name"])
     assert sorted(ratios) == [0.5, 0.9] and len(names) == 2  # one run folder per job
+    from croco.utils.runs import find_metrics
+
+    for name in names:  # each run folder links its multirun launch: its metrics are found from the run
+        metrics = find_metrics(tmp_path / "logs/runs" / name)
+        assert metrics.resolve().is_relative_to((tmp_path / "sweep").resolve()) and metrics.stat().st_size > 0
     assert len(groups) == 1 and next(iter(groups)).startswith("smoke-")
     # W&B (offline): one run per job, in the shared group, with the swept value in its config and the panel
     group = next(iter(groups)).encode()

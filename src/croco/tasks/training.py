@@ -129,10 +129,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if lock is not None:
         lock.acquire()  # one launch per run folder: two would resume from and write the same checkpoints
     try:
+        if lock is not None:
+            link_launch(Path(cfg.paths.run_dir), Path(cfg.paths.output_dir))
         return _fit(cfg)
     finally:
         if lock is not None:
             lock.release()
+
+
+def link_launch(run_dir: Path, output_dir: Path) -> Path | None:
+    """A launch folder outside the run folder (a multirun job's, ``logs/multiruns/<time>/<n>``) gets a link in
+    ``<run_dir>/launches/<time>-<n>``, so that a run's metrics and panels are found from the run itself, as for a
+    single run (``croco.utils.runs.find_metrics``). Returns the link, or None when none is needed."""
+    run_dir, output_dir = run_dir.resolve(), output_dir.resolve()
+    if output_dir.is_relative_to(run_dir):
+        return None
+    link = run_dir / "launches" / f"{output_dir.parent.name}-{output_dir.name}"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(output_dir, target_is_directory=True)
+    return link
 
 
 def _fit(cfg: DictConfig) -> dict[str, float]:
