@@ -71,7 +71,8 @@ def report(doc: Path, figures: Path) -> str:
                                 [m + s for m, s in zip(mean, std, strict=True)], color=colour, alpha=0.2)  # fmt: skip
             better = "higher" if TASKS[task].higher_is_better else "lower"
             ax.set(xlabel="fine-tuning step", ylabel=TASKS[task].label, title=f"{TASKS[task].label} ({better} is better)")
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
 
     plot = figure(figures / "init.png", draw, size=(13, 3.8))
     rows = []
