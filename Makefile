@@ -58,7 +58,7 @@ bench-grid: $(STAMP)  ## the training-step bench over presets x sizes x precisio
 	done; done; done
 
 # The paper's findings at the smoke scale (docs/results.md): each target runs the study's jobs that are not done
-# yet (logs/studies/<study>/*.done; a relaunch goes on where it stopped), then writes its figures and its part
+# yet (logs/studies/jobs/*.done; a relaunch goes on where it stopped), then writes its figures and its part
 # of docs/results.md. STUDY_JOBS=2 runs two jobs of a stage at a time, each on half of the cores.
 STUDY_JOBS ?= 1
 study-crossview: $(STAMP)  ## cross-view versus single-view (MAE-like) completion, then depth and stereo (~40 min)

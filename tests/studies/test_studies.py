@@ -27,12 +27,13 @@ def test_runner_runs_each_job_once_stage_after_stage(tmp_path, monkeypatch):
     check = "import pathlib; assert pathlib.Path('a.txt').read_text() == 'x' == pathlib.Path('b.txt').read_text()"
     second = [Job("check", ("-c", check))]
     assert run_stages("demo", [first, second], jobs=2) == 3
-    assert (tmp_path / "logs/studies/demo/write/a.done").read_text().startswith("python -c")
+    assert (tmp_path / "logs/studies/jobs/write/a.done").read_text().startswith("python -c")
     assert run_stages("demo", [first, second], jobs=2) == 0  # all done: nothing runs again
     assert Path("a.txt").read_text() == "x"
     changed = [_write_job("a.txt", "y"), first[1]]  # a changed command runs again
     assert run_stages("demo", [changed]) == 1  # only the changed one
     assert Path("a.txt").read_text() == "xy"
+    assert run_stages("another", [[first[1]]]) == 0  # a job another study already ran is done
 
 
 def test_runner_stops_after_a_failing_stage_in_one_line(tmp_path, monkeypatch):
@@ -42,10 +43,10 @@ def test_runner_stops_after_a_failing_stage_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(StudyError) as error:
         run_stages("demo", [[bad, _write_job("ok.txt")], [later]])
     message = str(error.value)
-    assert "\n" not in message and "bad/job (exit 3, log logs/studies/demo/bad/job.log)" in message
-    assert "boom" in (tmp_path / "logs/studies/demo/bad/job.log").read_text()
+    assert "\n" not in message and "bad/job (exit 3, log logs/studies/jobs/bad/job.log)" in message
+    assert "boom" in (tmp_path / "logs/studies/jobs/bad/job.log").read_text()
     assert Path("ok.txt").exists() and not Path("later.txt").exists()  # its stage ran; the next did not
-    assert not (tmp_path / "logs/studies/demo/bad/job.done").exists()
+    assert not (tmp_path / "logs/studies/jobs/bad/job.done").exists()
     with pytest.raises(ValueError, match="job keys repeat"):
         run_stages("demo", [[later], [later]])
 

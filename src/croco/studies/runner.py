@@ -1,8 +1,8 @@
 """Running a study: jobs (a training run or an evaluation) in stages, each job done once.
 
 A job is a command line (``python train.py ...`` or ``python -m croco.eval...``). When it succeeds, its marker
-``logs/studies/<study>/<job>.done`` records the command; a relaunch skips every job whose marker holds the same
-command, so an interrupted study goes on where it stopped (a training run itself resumes from its
+``logs/studies/jobs/<job>.done`` records the command; a relaunch skips every job whose marker holds the same
+command (whichever study ran it: studies share runs, e.g. the CroCo pretraining), so an interrupted study goes on where it stopped (a training run itself resumes from its
 ``last.ckpt``). Jobs of one stage are independent and run ``jobs`` at a time, each with its share of the CPU
 threads (all of them for a stage of one job); a stage starts when the previous one has finished. Each job's output goes to ``<job>.log`` beside its
 marker; a failure stops the study after its stage with one line naming the job and its log.
@@ -60,7 +60,8 @@ def module_job(key: str, module: str, args: Sequence[str]) -> Job:
 
 
 def _marker(study: str, job: Job) -> Path:
-    return STUDIES_ROOT / study / f"{job.key}.done"
+    """Per job, not per study: a job two studies share runs once."""
+    return STUDIES_ROOT / "jobs" / f"{job.key}.done"
 
 
 def is_done(study: str, job: Job) -> bool:
