@@ -50,8 +50,6 @@ class PairDataset(Dataset):
         split: str = "train",
         decode_on_device: bool = False,
     ) -> None:
-        if decode_on_device and transform.homography > 0:
-            raise ValueError("data.decode_on_device=true needs data.homography=0 (the warp runs on decoded pixels)")
         self.index = index
         self.transform = transform
         self.decode_on_device = decode_on_device
@@ -90,18 +88,18 @@ class PairDataset(Dataset):
         row = int(self.index.local[pair])
         encoded1, encoded2 = reader.encoded_images(row)
         if self.decode_on_device:
-            return self._encoded_sample(reader, row, pair, (encoded1, encoded2), rng)
-        first, second = buffers if buffers is not None else (None, None)
-        image1 = reader.decode(encoded1, row, "image1", first)
-        image2 = reader.decode(encoded2, row, "image2", second)
-        sample = self.transform(image1, image2, rng)
+            sample = self._encoded_views(reader, row, (encoded1, encoded2), rng)
+        else:
+            first, second = buffers if buffers is not None else (None, None)
+            image1 = reader.decode(encoded1, row, "image1", first)
+            image2 = reader.decode(encoded2, row, "image2", second)
+            sample = self.transform(image1, image2, rng)
         sample["overlap"] = float(self.index.overlap[pair])
         sample["scene"] = reader.scene[row]
         sample["pair"] = pair
         return sample
 
-    def _encoded_sample(self, reader: Any, row: int, pair: int, encoded: tuple[bytes, bytes],
-                        rng: random.Random) -> dict:  # fmt: skip
+    def _encoded_views(self, reader: Any, row: int, encoded: tuple[bytes, bytes], rng: random.Random) -> dict:
         """A pair left encoded, for ``decode_views_on``: the JPEG bytes and the crop boxes drawn now."""
         for name, data in zip(("image1", "image2"), encoded, strict=True):
             if data[:2] != JPEG_SOI:
@@ -112,9 +110,6 @@ class PairDataset(Dataset):
             "img1_jpeg": torch.frombuffer(bytearray(encoded[0]), dtype=torch.uint8),
             "img2_jpeg": torch.frombuffer(bytearray(encoded[1]), dtype=torch.uint8),
             "boxes": torch.tensor(plan.boxes, dtype=torch.int64),
-            "overlap": float(self.index.overlap[pair]),
-            "scene": reader.scene[row],
-            "pair": pair,
         }
         if plan.jitter is not None:
             sample["jitter"] = plan.jitter

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ __all__ = [
     "TASKS",
     "DownstreamTask",
     "crossview_eval_job",
+    "eval_job",
     "eval_path",
     "final",
     "finetune_job",
@@ -98,16 +99,18 @@ def eval_path(run_name: str, kind: str) -> Path:
     return run_dir(run_name) / "eval" / f"{kind}.json"
 
 
+def eval_job(run_name: str, kind: str, data: str, *args: str) -> Job:
+    """``python -m croco.eval.<kind>`` on a run's last checkpoint, its numbers to ``<run>/eval/<kind>.json``."""
+    return Job(f"{run_name}/{kind}", ("-m", f"croco.eval.{kind}", "--ckpt", str(checkpoint_of(run_name)),
+               "--data", data, *args, "--out", str(eval_path(run_name, kind))))  # fmt: skip
+
+
 def crossview_eval_job(name: str, data: str = "data/smoke") -> Job:
-    run_name = PRETRAININGS[name][0]
-    return Job(f"{run_name}/crossview", ("-m", "croco.eval.crossview", "--ckpt", str(checkpoint_of(run_name)),
-               "--data", data, "--pairs", "400", "--no-progress", "--out", str(eval_path(run_name, "crossview"))))  # fmt: skip
+    return eval_job(PRETRAININGS[name][0], "crossview", data, "--pairs", "400", "--no-progress")
 
 
 def localisation_eval_job(name: str, data: str = "data/smoke") -> Job:
-    run_name = PRETRAININGS[name][0]
-    return Job(f"{run_name}/localisation", ("-m", "croco.eval.localisation", "--ckpt", str(checkpoint_of(run_name)),
-               "--data", data, "--out", str(eval_path(run_name, "localisation"))))  # fmt: skip
+    return eval_job(PRETRAININGS[name][0], "localisation", data)
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -189,7 +192,3 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def command_lines(commands: Mapping[str, str]) -> str:
-    return "\n".join(f"- {what}: `{cmd}`" for what, cmd in commands.items())

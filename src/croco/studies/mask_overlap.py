@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from croco.studies.common import (
-    eval_path,
+    eval_job,
     figure,
     final,
     fmt,
@@ -49,10 +49,7 @@ def stages() -> list[list[Job]]:
     probes = [train_job(probe_run(r, o), ["experiment=linprobe_synthetic", init_override(checkpoint_of(cell_run(r, o))),
                                           f"trainer.max_epochs={PROBE_EPOCHS}", f"optim.epochs={PROBE_EPOCHS}"])
               for r in RATIOS for o in OVERLAPS]  # fmt: skip
-    localisation = [Job(f"{cell_run(r, o)}/localisation", ("-m", "croco.eval.localisation", "--ckpt",
-                        str(checkpoint_of(cell_run(r, o))), "--data", "data/smoke_sweep", "--out",
-                        str(eval_path(cell_run(r, o), "localisation"))))
-                    for r in RATIOS for o in OVERLAPS]  # fmt: skip
+    localisation = [eval_job(cell_run(r, o), "localisation", "data/smoke_sweep") for r in RATIOS for o in OVERLAPS]
     return [[grid], probes + localisation]
 
 

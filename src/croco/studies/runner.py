@@ -59,18 +59,18 @@ def module_job(key: str, module: str, args: Sequence[str]) -> Job:
     return Job(key, ("-m", module, *args))
 
 
-def _marker(study: str, job: Job) -> Path:
+def _marker(job: Job) -> Path:
     """Per job, not per study: a job two studies share runs once."""
     return STUDIES_ROOT / "jobs" / f"{job.key}.done"
 
 
-def is_done(study: str, job: Job) -> bool:
-    marker = _marker(study, job)
+def is_done(job: Job) -> bool:
+    marker = _marker(job)
     return marker.is_file() and marker.read_text().strip() == job.command
 
 
-def _run_one(study: str, job: Job, threads: int, python: str) -> tuple[Job, int, float, Path]:
-    marker = _marker(study, job)
+def _run_one(job: Job, threads: int, python: str) -> tuple[Job, int, float, Path]:
+    marker = _marker(job)
     log_path = marker.with_name(marker.name[: -len(".done")] + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
@@ -103,7 +103,7 @@ def run_stages(
     total = sum(len(stage) for stage in stages)
     done_count, ran = 0, 0
     for index, stage in enumerate(stages):
-        todo = [job for job in stage if not is_done(study, job)]
+        todo = [job for job in stage if not is_done(job)]
         done_count += len(stage) - len(todo)
         if not todo:
             continue
@@ -115,7 +115,7 @@ def run_stages(
         failed: list[str] = []
         threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))  # a lone job gets every core
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_run_one, study, job, threads, python) for job in todo]
+            futures = [pool.submit(_run_one, job, threads, python) for job in todo]
             for future in futures:
                 job, rc, seconds, log_path = future.result()
                 ran += 1
