@@ -60,21 +60,23 @@ bench-grid: $(STAMP)  ## the training-step bench over presets x sizes x precisio
 # The paper's findings at the smoke scale (docs/results.md): each target runs the study's jobs that are not done
 # yet (logs/studies/jobs/*.done; a relaunch goes on where it stopped), then writes its figures and its part
 # of docs/results.md. STUDY_JOBS=2 runs two jobs of a stage at a time, each on half of the cores.
+# STUDY_SCALE=paper runs the same studies with the paper's networks and recipes (GPUs; docs/results_paper.md).
 STUDY_JOBS ?= 1
+STUDY_SCALE ?= cpu
 study-crossview: $(STAMP)  ## cross-view versus single-view (MAE-like) completion, then depth and stereo (~40 min)
-	$(PY) -m croco.studies crossview --jobs $(STUDY_JOBS)
+	$(PY) -m croco.studies crossview --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 study-mask-overlap: $(STAMP)  ## mask ratio x pair overlap, one Hydra multirun + linear probes (~50 min)
-	$(PY) -m croco.studies mask_overlap --jobs $(STUDY_JOBS)
+	$(PY) -m croco.studies mask_overlap --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 study-decoders: $(STAMP)  ## CrossBlock versus CatBlock decoders at equal compute (~15 min)
-	$(PY) -m croco.studies decoders --jobs $(STUDY_JOBS)
+	$(PY) -m croco.studies decoders --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 study-init: $(STAMP)  ## pretrained versus scratch on depth, segmentation and stereo, three seeds (~70 min)
-	$(PY) -m croco.studies init --jobs $(STUDY_JOBS)
+	$(PY) -m croco.studies init --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 results: $(STAMP)  ## every study above, then docs/results.md
-	$(PY) -m croco.studies all --jobs $(STUDY_JOBS)
+	$(PY) -m croco.studies all --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 # habitat-sim is conda-only, so this target runs in the conda environment of environment-habitat.yml (its
 # `python`), not in .venv. Scene dataset under data/habitat-sim-data/scene_datasets/<dataset>/ -> one shard per

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from croco.studies import STUDIES
-from croco.studies.common import PRETRAININGS, write_section
+from croco.studies.common import PRETRAINED, SCALES, pretraining, write_section
 from croco.studies.runner import Job, StudyError, run_stages
 from croco.tasks.checks import validate_train_config
 
@@ -85,8 +85,19 @@ def _pretraining_checkpoint(path: Path, cfg) -> None:
                 "hyper_parameters": {"model": kwargs}}, path)  # fmt: skip
 
 
+ARCHITECTURE = ("patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "mlp_ratio", "pos_embed",
+                "dec_embed_dim", "dec_depth", "dec_num_heads", "decoder")
+
+
+def _pretraining_of(init: str, scale) -> tuple[str, ...]:
+    """The overrides of the pretraining run whose checkpoint is ``init``."""
+    run = Path(init).parent.parent.relative_to("logs/runs").as_posix()
+    runs = dict(pretraining(name, scale) for name in PRETRAINED)
+    return runs.get(run, (f"experiment={scale.sweep}",))  # else a cell of the mask x overlap grid
+
+
 @pytest.mark.parametrize("study", sorted(STUDIES))
-def test_every_training_job_of_every_study_is_a_valid_config(study, compose_train, tmp_path, monkeypatch):
+def test_every_training_job_of_every_cpu_study_is_a_valid_config(study, compose_train, tmp_path, monkeypatch):
     """Each job's overrides compose and pass the config checks; each fine-tune builds its task and loads the
     checkpoint its pretraining job would write (the architectures fit, e.g. the stereo decoder)."""
     from hydra.utils import instantiate
@@ -94,19 +105,15 @@ def test_every_training_job_of_every_study_is_a_valid_config(study, compose_trai
     from croco.models.checkpoints import load_backbone
 
     monkeypatch.chdir(tmp_path)
+    scale = SCALES["cpu"]
     module = importlib.import_module(STUDIES[study])
-    jobs = [job for stage in module.stages() for job in stage]
+    jobs = [job for stage in module.stages(scale) for job in stage]
     composed = 0
     for job in jobs:
         for overrides in _train_overrides(job):
             init = next((o.split("=", 1)[1].strip("'") for o in overrides if o.startswith("finetune.init=")), None)
             if init is not None and not Path(init).exists():
-                run = Path(init).parent.parent.relative_to("logs/runs").as_posix()
-                if run in {r for r, _ in PRETRAININGS.values()}:
-                    pretraining = next(o for r, o in PRETRAININGS.values() if r == run)
-                else:  # a cell of the mask x overlap grid
-                    pretraining = ("experiment=sweep_mask_overlap",)
-                _pretraining_checkpoint(Path(init), compose_train(*pretraining))
+                _pretraining_checkpoint(Path(init), compose_train(*_pretraining_of(init, scale)))
             cfg = compose_train(*[o for o in overrides if not o.startswith("run_name=")])
             validate_train_config(cfg, check_data=False)
             if init is not None:
@@ -120,6 +127,45 @@ def test_every_training_job_of_every_study_is_a_valid_config(study, compose_trai
         assert composed == 12 + 12  # the grid's 12 jobs and their 12 probes
 
 
+def _arguments_only_checkpoint(path: Path, cfg) -> None:
+    """A Lightning-layout checkpoint holding the pretraining's network arguments and one tensor."""
+    import torch
+    from omegaconf import OmegaConf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"net.mask_token": torch.zeros(1, 1, int(cfg.model.dec_embed_dim))},
+                "hyper_parameters": {"model": OmegaConf.to_container(cfg.model, resolve=True)}}, path)  # fmt: skip
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_training_job_of_every_paper_scale_study_is_a_valid_config(study, compose_train, tmp_path, monkeypatch):
+    """At the paper's scale (networks too large to build in a test), each job composes and passes the config
+    checks, and each fine-tune's network has the architecture of the pretraining it starts from."""
+    monkeypatch.chdir(tmp_path)
+    scale = SCALES["paper"].with_overrides(["trainer.devices=8"], ["data.batch_size=4"])
+    module = importlib.import_module(STUDIES[study])
+    composed, finetunes = 0, 0
+    for job in (job for stage in module.stages(scale) for job in stage):
+        runs = _train_overrides(job)
+        for overrides in runs:
+            init = next((o.split("=", 1)[1].strip("'") for o in overrides if o.startswith("finetune.init=")), None)
+            if init is not None and not Path(init).exists():  # the config check reads the file's arguments
+                _arguments_only_checkpoint(Path(init), compose_train(*_pretraining_of(init, scale)))
+            cfg = compose_train(*[o for o in overrides if not o.startswith("run_name=")])
+            validate_train_config(cfg, check_data=False)
+            assert ("trainer.devices=8" in overrides) != ("data.batch_size=4" in overrides)  # the right extras
+            if init is not None:
+                source = compose_train(*_pretraining_of(init, scale))
+                binocular = cfg.task.get("kind") in ("stereo", "flow")
+                keys = ARCHITECTURE if binocular and cfg.finetune.init_decoder else ARCHITECTURE[:6]
+                assert {k: cfg.model[k] for k in keys} == {k: source.model[k] for k in keys}, overrides
+                finetunes += 1
+            composed += 1
+    assert composed >= 2 and (finetunes > 0 or study == "decoders")
+    if study == "mask_overlap":
+        assert composed == 12 + 12
+
+
 def _write_metrics(run: str, columns: dict[str, list[float]]) -> None:
     path = Path("logs/runs") / run / "launches" / "t0" / "csv" / "metrics.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,10 +177,11 @@ def _write_metrics(run: str, columns: dict[str, list[float]]) -> None:
             writer.writerow([10 * (i + 1), *(values[i] for values in columns.values())])
 
 
-def _fake_runs() -> dict[str, float]:
+def _fake_runs(scale) -> dict[str, float]:
     """Metrics and evaluations for every run the reports read; returns a few numbers the reports must show."""
     bins = ["0.00-0.30", "0.30-0.50", "0.50-0.70", "0.70-1.00"]
-    for index, (name, (run, _)) in enumerate(PRETRAININGS.items()):
+    for index, name in enumerate(PRETRAINED):
+        run = pretraining(name, scale)[0]
         _write_metrics(run, {"val/psnr_masked": [15.0 + index, 17.25 + index], "val/loss": [0.9, 0.8],
                              "val/crossview/gap_other": [0.01, 0.1 * (index + 1)], "perf/pairs_per_s": [70.0, 71.0]})
         gap = 0.0 if name == "mae" else 0.05 * (index + 1)
@@ -142,35 +189,37 @@ def _fake_runs() -> dict[str, float]:
                    "count": {"true": {"all": 40, **{b: 10 for b in bins}}}}
         (Path("logs/runs") / run / "eval").mkdir(parents=True, exist_ok=True)
         (Path("logs/runs") / run / "eval" / "crossview.json").write_text(json.dumps(payload))
-    (Path("logs/runs") / PRETRAININGS["croco"][0] / "eval" / "localisation.json").write_text(
+    (Path("logs/runs") / pretraining("croco", scale)[0] / "eval" / "localisation.json").write_text(
         json.dumps({"error_mean_of_heads": [1.5, 1.25], "own_position_error": [0.94, 0.94]}))
     from croco.studies import init, mask_overlap
-    from croco.studies.common import TASKS, finetune_run
+    from croco.studies.common import finetune_run
 
-    for task, spec in TASKS.items():
+    for task, spec in scale.tasks.items():
         for init_name in ("croco", "mae", "scratch"):
             for seed in init.SEEDS:
                 value = 0.5 + 0.1 * seed if init_name == "croco" else 0.75
-                _write_metrics(finetune_run(task, init_name, seed), {spec.metric: [1.0, value]})
+                _write_metrics(finetune_run(task, init_name, seed, scale), {spec.metric: [1.0, value]})
     for r in mask_overlap.RATIOS:
         for o in mask_overlap.OVERLAPS:
-            _write_metrics(mask_overlap.cell_run(r, o), {"val/psnr_masked": [10.0, 20 * r + o],
+            _write_metrics(mask_overlap.cell_run(r, o, scale), {"val/psnr_masked": [10.0, 20 * r + o],
                                                          "val/crossview/gap_other": [0.0, o / 10]})
-            _write_metrics(mask_overlap.probe_run(r, o), {"val/top1": [0.1, r / 2]})
-            (Path("logs/runs") / mask_overlap.cell_run(r, o) / "eval").mkdir(parents=True, exist_ok=True)
-            (Path("logs/runs") / mask_overlap.cell_run(r, o) / "eval" / "localisation.json").write_text(
+            _write_metrics(mask_overlap.probe_run(r, o, scale), {"val/top1": [0.1, r / 2]})
+            (Path("logs/runs") / mask_overlap.cell_run(r, o, scale) / "eval").mkdir(parents=True, exist_ok=True)
+            (Path("logs/runs") / mask_overlap.cell_run(r, o, scale) / "eval" / "localisation.json").write_text(
                 json.dumps({"error_mean_of_heads": [1.5, r + o, 2.0]}))
     return {"croco_psnr": 17.25, "mask_0.95_overlap_0.6": 20 * 0.95 + 0.6}
 
 
-def test_reports_draw_figures_and_tables_from_the_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scale_name", sorted(SCALES))
+def test_reports_draw_figures_and_tables_from_the_runs(scale_name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    expected = _fake_runs()
+    scale = SCALES[scale_name]
+    expected = _fake_runs(scale)
     doc, figures = Path("docs/results.md"), Path("docs/figures/results")
     doc.parent.mkdir(parents=True)
     doc.write_text("# Results\n\nWritten by hand.\n")
     for name, module_name in STUDIES.items():
-        write_section(doc, name, importlib.import_module(module_name).report(doc, figures))
+        write_section(doc, name, importlib.import_module(module_name).report(doc, figures, scale))
     text = doc.read_text()
     assert text.startswith("# Results\n\nWritten by hand.\n")
     pngs = sorted(p.name for p in figures.glob("*.png"))
@@ -186,9 +235,10 @@ def test_reports_draw_figures_and_tables_from_the_runs(tmp_path, monkeypatch):
     assert f"| 0.95 | 19.20 | 19.40 | {expected['mask_0.95_overlap_0.6']:.2f} |" in text
     assert "| 0.5 | 0.70 | 0.90 | 1.10 |" in text  # localisation: the best block's error
     decoders = text.split("<!-- study:decoders -->")[1].split("<!-- /study:decoders -->")[0]
+    cross, cat = (Path(pretraining(name, scale)[0]).name for name in ("cross", "cat"))  # e.g. cross3, cat2
     flops = {row.split("|")[1].strip(): float(row.split("|")[2]) for row in decoders.splitlines()
-             if row.startswith(("| cross3", "| cat2"))}  # fmt: skip
-    assert abs(flops["cat2"] / flops["cross3"] - 1) < 0.15  # equal compute, within 15%
+             if row.startswith((f"| {cross} ", f"| {cat} "))}  # fmt: skip
+    assert abs(flops[cat] / flops[cross] - 1) < 0.15  # equal compute, within 15%
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):
@@ -208,4 +258,8 @@ def test_cli_dry_run_lists_commands_without_running(tmp_path, monkeypatch, capsy
     assert main(["decoders", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "python train.py run_name=study/pretrain/cat2 logger=csv experiment=smoke model.decoder=cat" in out
+    assert main(["decoders", "--dry-run", "--scale", "paper", "--pretrain-override", "trainer.devices=8"]) == 0
+    out = capsys.readouterr().out
+    assert ("python train.py run_name=study_paper/pretrain/cat4 logger=csv experiment=pretrain model.decoder=cat "
+            "model.dec_depth=4 trainer.devices=8") in out
     assert not Path("logs").exists()

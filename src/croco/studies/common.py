@@ -1,12 +1,24 @@
-"""What the studies share: the pretraining runs, the downstream fine-tunes, reading results, writing the docs.
+"""What the studies share: the scale they run at, the pretraining runs, the downstream fine-tunes, reading
+results, writing the docs.
 
-Every study runs at the smoke scale (``experiment=smoke``: the tiny RoPE model at 64 px, 1,500 embedded pairs,
-1,152 steps, about 6 minutes on two cores); downstream tasks are the CPU-sized synthetic experiments, shortened
-to ``FINETUNE_EPOCHS`` epochs and validated twice per epoch, so that curves can be compared at equal steps.
+Two scales (``SCALES``, ``python -m croco.studies <study> --scale cpu|paper``):
+
+* ``cpu`` (docs/results.md): the smoke setting (``experiment=smoke``: the tiny RoPE model at 64 px, 1,500
+  embedded pairs, 1,152 steps, about 6 minutes on two cores); downstream tasks are the CPU-sized synthetic
+  experiments, shortened to 3 epochs and validated twice per epoch, so that curves can be compared at equal steps.
+* ``paper`` (for GPUs): the paper's network and recipe (``experiment=pretrain``: ViT-B/16 encoder, 8-block
+  decoder of width 512, 224 px, 400 epochs; the data are the pretraining config's, the embedded generator unless
+  overridden, e.g. with Habitat pairs), and the paper-sized downstream experiments with their own recipes:
+  NYUv2 depth, ADE20K segmentation, the stereo mix (with the ViT-B network), the ImageNet linear probe.
+
+The study's commands (and so its runs) are the same at both scales; only the runs' names (``study/...`` and
+``study_paper/...``) and their settings differ. Extra overrides for every pretraining or every fine-tune
+(``--pretrain-override trainer=ddp``, ``--finetune-override data.root=...``) go into the jobs' commands.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -19,10 +31,9 @@ from croco.studies.runner import Job, checkpoint_of, run_dir, train_job
 from croco.utils.runs import Series, find_metrics, read_series, save_figure
 
 __all__ = [
-    "FINETUNE_EPOCHS",
-    "PRETRAININGS",
-    "TASKS",
+    "SCALES",
     "DownstreamTask",
+    "Scale",
     "crossview_eval_job",
     "eval_job",
     "eval_path",
@@ -33,21 +44,11 @@ __all__ = [
     "localisation_eval_job",
     "mean_std",
     "pretrain_job",
+    "pretraining",
     "read_eval",
     "series_of",
     "write_section",
 ]
-
-FINETUNE_EPOCHS = 3
-SMOKE_DECODER = ("model.dec_embed_dim=96", "model.dec_depth=2", "model.dec_num_heads=3")  # the tiny preset's
-
-# Pretrainings of the studies, by name -> (run name, overrides). "croco" is experiment=smoke itself.
-PRETRAININGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "croco": ("study/pretrain/croco", ("experiment=smoke",)),
-    "mae": ("study/pretrain/mae", ("experiment=smoke", "model.decoder=mae")),
-    "cross3": ("study/pretrain/cross3", ("experiment=smoke", "model.dec_depth=3")),
-    "cat2": ("study/pretrain/cat2", ("experiment=smoke", "model.decoder=cat", "model.dec_depth=2")),
-}
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,98 @@ class DownstreamTask:
     overrides: tuple[str, ...] = ()
 
 
-TASKS: dict[str, DownstreamTask] = {
-    "depth": DownstreamTask("depth_synthetic", "val/abs_rel", "depth AbsRel", False),
-    "seg": DownstreamTask("seg_synthetic", "val/miou", "segmentation mIoU", True),
-    # the stereo experiment's decoder is the crossview_cpu one; the studies' pretrainings have the tiny preset's
-    "stereo": DownstreamTask("stereo_synthetic", "val/avgerr", "stereo EPE (px)", False, SMOKE_DECODER),
+@dataclass(frozen=True)
+class Scale:
+    """Where the studies run: the networks, data and recipes of their training runs."""
+
+    name: str
+    prefix: str  # of the run names: logs/runs/<prefix>/...
+    pretraining: tuple[str, ...]  # the CroCo pretraining; the variants add to it
+    tasks: dict[str, DownstreamTask]
+    finetune_epochs: int | None  # None: each downstream experiment's own recipe
+    data: str  # the pairs whose held-out scenes the cross-view and localisation evaluations read
+    sweep: str  # the experiment of the mask ratio x overlap multirun
+    sweep_data: str  # its pairs (they must cover the swept overlaps)
+    probe: str  # the linear-probe experiment of the swept encoders
+    probe_epochs: int | None  # None: the probe experiment's own recipe
+    decoders: tuple[int, int]  # CrossBlock and CatBlock depths of equal compute (a CatBlock costs ~1.5x)
+    pretrain_overrides: tuple[str, ...] = ()  # added to every pretraining (and the sweep's jobs)
+    finetune_overrides: tuple[str, ...] = ()  # added to every fine-tune and probe
+
+    def with_overrides(self, pretrain: Sequence[str] = (), finetune: Sequence[str] = ()) -> Scale:
+        return dataclasses.replace(self, pretrain_overrides=self.pretrain_overrides + tuple(pretrain),
+                                   finetune_overrides=self.finetune_overrides + tuple(finetune))  # fmt: skip
+
+    @property
+    def epochs_label(self) -> str:
+        return f"{self.finetune_epochs} epochs" if self.finetune_epochs else "each experiment's recipe"
+
+
+SMOKE_DECODER = ("model.dec_embed_dim=96", "model.dec_depth=2", "model.dec_num_heads=3")  # the tiny preset's
+
+SCALES: dict[str, Scale] = {
+    "cpu": Scale(
+        name="cpu",
+        prefix="study",
+        pretraining=("experiment=smoke",),
+        tasks={
+            "depth": DownstreamTask("depth_synthetic", "val/abs_rel", "depth AbsRel", False),
+            "seg": DownstreamTask("seg_synthetic", "val/miou", "segmentation mIoU", True),
+            # the stereo experiment's decoder is the crossview_cpu one; the smoke pretraining has the tiny preset's
+            "stereo": DownstreamTask("stereo_synthetic", "val/avgerr", "stereo EPE (px)", False, SMOKE_DECODER),
+        },
+        finetune_epochs=3,
+        data="data/smoke",
+        sweep="sweep_mask_overlap",
+        sweep_data="data/smoke_sweep",
+        probe="linprobe_synthetic",
+        probe_epochs=6,
+        decoders=(3, 2),
+    ),
+    "paper": Scale(
+        name="paper",
+        prefix="study_paper",
+        pretraining=("experiment=pretrain",),
+        tasks={
+            "depth": DownstreamTask("depth_nyu", "val/abs_rel", "depth AbsRel (NYUv2)", False),
+            "seg": DownstreamTask("seg_ade20k", "val/miou", "segmentation mIoU (ADE20K)", True),
+            # the stereo experiment's network is CroCo v2's ViT-L; the studies' pretraining is the v1 ViT-B
+            "stereo": DownstreamTask("stereo", "val/avgerr", "stereo EPE (px)", False, ("model=croco_v1",)),
+        },
+        finetune_epochs=None,
+        data="data/synthetic",
+        sweep="sweep_mask_overlap_paper",
+        sweep_data="data/synthetic",  # overlaps 0.05-0.95: every swept range has pairs
+        probe="linprobe_imagenet",
+        probe_epochs=None,
+        decoders=(6, 4),
+    ),
 }
+"""The CPU scale of docs/results.md and the paper's scale (GPU)."""
+
+PRETRAINED = ("croco", "mae", "cross", "cat")
+"""The pretrainings of the studies: CroCo itself, the single-view (MAE-like) network, and the two decoders of the
+decoder study."""
 
 
-def pretrain_job(name: str) -> Job:
-    run_name, overrides = PRETRAININGS[name]
-    return train_job(run_name, overrides)
+def pretraining(name: str, scale: Scale) -> tuple[str, tuple[str, ...]]:
+    """(run name, overrides) of the pretraining ``name`` (one of ``PRETRAINED``) at ``scale``."""
+    cross, cat = scale.decoders
+    variants = {"croco": ("croco", ()), "mae": ("mae", ("model.decoder=mae",)),
+                "cross": (f"cross{cross}", (f"model.dec_depth={cross}",)),
+                "cat": (f"cat{cat}", ("model.decoder=cat", f"model.dec_depth={cat}"))}  # fmt: skip
+    if name not in variants:
+        raise ValueError(f"pretraining {name!r}: expected one of {', '.join(variants)}")
+    run, extra = variants[name]
+    return f"{scale.prefix}/pretrain/{run}", (*scale.pretraining, *extra, *scale.pretrain_overrides)
 
 
-def finetune_run(task: str, init: str, seed: int) -> str:
-    return f"study/{task}/{init}/seed{seed}"
+def pretrain_job(name: str, scale: Scale) -> Job:
+    return train_job(*pretraining(name, scale))
+
+
+def finetune_run(task: str, init: str, seed: int, scale: Scale) -> str:
+    return f"{scale.prefix}/{task}/{init}/seed{seed}"
 
 
 def init_override(checkpoint: Path) -> str:
@@ -81,18 +159,20 @@ def init_override(checkpoint: Path) -> str:
     return f"finetune.init='{checkpoint}'"
 
 
-def finetune_job(task: str, init: str, seed: int) -> Job:
+def finetune_job(task: str, init: str, seed: int, scale: Scale) -> Job:
     """Fine-tune ``task`` from the pretraining ``init`` (or ``scratch``) with ``seed``. A single-view (mae)
     backbone initialises the encoder only: its decoder never saw image 2."""
-    spec = TASKS[task]
-    overrides = [f"experiment={spec.experiment}", *spec.overrides, f"seed={seed}",
-                 f"trainer.max_epochs={FINETUNE_EPOCHS}", f"optim.epochs={FINETUNE_EPOCHS}",
-                 "trainer.val_check_interval=0.5"]  # fmt: skip
+    spec = scale.tasks[task]
+    overrides = [f"experiment={spec.experiment}", *spec.overrides, f"seed={seed}"]
+    if scale.finetune_epochs:
+        overrides += [f"trainer.max_epochs={scale.finetune_epochs}", f"optim.epochs={scale.finetune_epochs}"]
+    overrides.append("trainer.val_check_interval=0.5")
     if init != "scratch":
-        overrides.append(init_override(checkpoint_of(PRETRAININGS[init][0])))
-        if "model.decoder=mae" in PRETRAININGS[init][1]:
+        run, pretrain_overrides = pretraining(init, scale)
+        overrides.append(init_override(checkpoint_of(run)))
+        if "model.decoder=mae" in pretrain_overrides:
             overrides.append("finetune.init_decoder=false")
-    return train_job(finetune_run(task, init, seed), overrides)
+    return train_job(finetune_run(task, init, seed, scale), [*overrides, *scale.finetune_overrides])
 
 
 def eval_path(run_name: str, kind: str) -> Path:
@@ -105,12 +185,12 @@ def eval_job(run_name: str, kind: str, data: str, *args: str) -> Job:
                "--data", data, *args, "--out", str(eval_path(run_name, kind))))  # fmt: skip
 
 
-def crossview_eval_job(name: str, data: str = "data/smoke") -> Job:
-    return eval_job(PRETRAININGS[name][0], "crossview", data, "--pairs", "400", "--no-progress")
+def crossview_eval_job(name: str, scale: Scale) -> Job:
+    return eval_job(pretraining(name, scale)[0], "crossview", scale.data, "--pairs", "400", "--no-progress")
 
 
-def localisation_eval_job(name: str, data: str = "data/smoke") -> Job:
-    return eval_job(PRETRAININGS[name][0], "localisation", data)
+def localisation_eval_job(name: str, scale: Scale) -> Job:
+    return eval_job(pretraining(name, scale)[0], "localisation", scale.data)
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -1,6 +1,6 @@
 """Cross-view versus single-view completion: CroCo against the same network with view 2 removed (MAE-like).
 
-Both pretrainings are ``experiment=smoke`` (same encoder, same decoder depth and width, same steps, masks and
+Both pretrainings are the scale's CroCo pretraining (same encoder, same decoder depth and width, same steps, masks and
 data); the single-view one has ``model.decoder=mae``: its decoder self-attends over image 1 only and image 2 is
 never encoded. Compared: the masked PSNR on held-out scenes, the cross-view health gap by overlap (which must be
 0 for the single-view network: the check that the comparison is wired right), and depth and stereo after
@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from croco.studies.common import (
-    FINETUNE_EPOCHS,
-    PRETRAININGS,
-    TASKS,
+    Scale,
     crossview_eval_job,
     figure,
     final,
@@ -23,6 +21,7 @@ from croco.studies.common import (
     fmt,
     localisation_eval_job,
     pretrain_job,
+    pretraining,
     read_eval,
     relative,
     series_of,
@@ -36,16 +35,17 @@ DOWNSTREAM = ("depth", "stereo")
 INITS = ("croco", "mae", "scratch")
 
 
-def stages() -> list[list[Job]]:
+def stages(scale: Scale) -> list[list[Job]]:
     return [
-        [pretrain_job(name) for name in PRETRAINED],
-        [*(crossview_eval_job(name) for name in PRETRAINED), localisation_eval_job("croco")],
-        [finetune_job(task, init, 0) for task in DOWNSTREAM for init in INITS],
+        [pretrain_job(name, scale) for name in PRETRAINED],
+        [*(crossview_eval_job(name, scale) for name in PRETRAINED), localisation_eval_job("croco", scale)],
+        [finetune_job(task, init, 0, scale) for task in DOWNSTREAM for init in INITS],
     ]
 
 
-def report(doc: Path, figures: Path) -> str:
-    runs = {name: PRETRAININGS[name][0] for name in PRETRAINED}
+def report(doc: Path, figures: Path, scale: Scale) -> str:
+    runs = {name: pretraining(name, scale)[0] for name in PRETRAINED}
+    tasks = scale.tasks
     series = {name: series_of(run) for name, run in runs.items()}
     health = {name: read_eval(run, "crossview") for name, run in runs.items()}
 
@@ -82,10 +82,10 @@ def report(doc: Path, figures: Path) -> str:
     for init in INITS:
         row = [init]
         for task in DOWNSTREAM:
-            s = series_of(finetune_run(task, init, 0))
-            row.append(fmt(final(s, TASKS[task].metric)))
+            s = series_of(finetune_run(task, init, 0, scale))
+            row.append(fmt(final(s, tasks[task].metric)))
         down_rows.append(row)
-    down = table(["initialisation", *(f"{TASKS[t].label} ({'higher' if TASKS[t].higher_is_better else 'lower'} is better)"
+    down = table(["initialisation", *(f"{tasks[t].label} ({'higher' if tasks[t].higher_is_better else 'lower'} is better)"
                                        for t in DOWNSTREAM)], down_rows)  # fmt: skip
     loc = read_eval(runs["croco"], "localisation")
     loc_line = ""
@@ -96,6 +96,6 @@ def report(doc: Path, figures: Path) -> str:
                     f"weighted position, in patches, per decoder block): {errors}, against {own:.2f} for a token's "
                     "own position.\n")  # fmt: skip
     return (f"![masked PSNR over training and the cross-view gap by overlap]({relative(plot, doc)})\n\n"
-            f"Pretraining (held-out scenes of data/smoke; gap = (loss with another scene's view 2 - loss with the "
-            f"true one) / the former):\n\n{pre}\n{loc_line}\nAfter {FINETUNE_EPOCHS} epochs of fine-tuning (seed 0):\n\n{down}\n")  # fmt: skip
+            f"Pretraining (held-out scenes of {scale.data}; gap = (loss with another scene's view 2 - loss with the "
+            f"true one) / the former):\n\n{pre}\n{loc_line}\nAfter fine-tuning ({scale.epochs_label}, seed 0):\n\n{down}\n")  # fmt: skip
 

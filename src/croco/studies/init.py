@@ -1,6 +1,6 @@
 """Pretrained versus scratch on synthetic depth, segmentation and stereo, at equal fine-tuning steps.
 
-The pretrained backbone is the CroCo smoke pretraining of the cross-view study; each task is fine-tuned from it
+The pretrained backbone is the CroCo pretraining of the cross-view study; each task is fine-tuned from it
 and from a random initialisation with three seeds (the seed sets the head's initialisation, the data order and
 the augmentations), and validated twice per epoch on held-out scenes. Curves are mean +- standard deviation over
 the seeds.
@@ -12,8 +12,7 @@ import math
 from pathlib import Path
 
 from croco.studies.common import (
-    FINETUNE_EPOCHS,
-    TASKS,
+    Scale,
     figure,
     final,
     finetune_job,
@@ -33,19 +32,29 @@ INITS = ("croco", "scratch")
 SEEDS = (0, 1, 2)
 
 
-def stages() -> list[list[Job]]:
+def stages(scale: Scale) -> list[list[Job]]:
     # seed 0 first: with seed 0 alone the report can already be drawn
-    return [[pretrain_job("croco")],
-            [finetune_job(task, init, seed) for seed in SEEDS for task in DOWNSTREAM for init in INITS]]  # fmt: skip
+    return [[pretrain_job("croco", scale)],
+            [finetune_job(task, init, seed, scale) for seed in SEEDS for task in DOWNSTREAM for init in INITS]]  # fmt: skip
 
 
-def curves(task: str, init: str) -> tuple[list[int], list[float], list[float], int]:
+def _finals(task: str, init: str, scale: Scale) -> list[float]:
+    finals = []
+    for seed in SEEDS:
+        try:
+            finals.append(final(series_of(finetune_run(task, init, seed, scale)), scale.tasks[task].metric))
+        except FileNotFoundError:
+            continue
+    return finals
+
+
+def curves(task: str, init: str, scale: Scale) -> tuple[list[int], list[float], list[float], int]:
     """Steps, mean and standard deviation over the seeds of the task's validation metric (the steps every
     finished seed has), and the number of seeds found."""
     runs = []
     for seed in SEEDS:
         try:
-            runs.append(dict(series_of(finetune_run(task, init, seed)).get(TASKS[task].metric, [])))
+            runs.append(dict(series_of(finetune_run(task, init, seed, scale)).get(scale.tasks[task].metric, [])))
         except FileNotFoundError:
             continue
     runs = [r for r in runs if r]
@@ -56,8 +65,9 @@ def curves(task: str, init: str) -> tuple[list[int], list[float], list[float], i
     return steps, [m for m, _ in stats], [s for _, s in stats], len(runs)
 
 
-def report(doc: Path, figures: Path) -> str:
-    data = {(task, init): curves(task, init) for task in DOWNSTREAM for init in INITS}
+def report(doc: Path, figures: Path, scale: Scale) -> str:
+    tasks = scale.tasks
+    data = {(task, init): curves(task, init, scale) for task in DOWNSTREAM for init in INITS}
 
     def draw(plt, fig):
         axes = fig.subplots(1, len(DOWNSTREAM))
@@ -69,26 +79,21 @@ def report(doc: Path, figures: Path) -> str:
                 ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"{init} ({seeds} seeds)")
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                                 [m + s for m, s in zip(mean, std, strict=True)], color=colour, alpha=0.2)  # fmt: skip
-            better = "higher" if TASKS[task].higher_is_better else "lower"
-            ax.set(xlabel="fine-tuning step", ylabel=TASKS[task].label, title=f"{TASKS[task].label} ({better} is better)")
+            better = "higher" if tasks[task].higher_is_better else "lower"
+            ax.set(xlabel="fine-tuning step", ylabel=tasks[task].label, title=f"{tasks[task].label} ({better} is better)")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
 
     plot = figure(figures / "init.png", draw, size=(13, 3.8))
     rows = []
     for task in DOWNSTREAM:
-        row = [TASKS[task].label]
+        row = [tasks[task].label]
         for init in INITS:
-            finals = []
-            for seed in SEEDS:
-                try:
-                    finals.append(final(series_of(finetune_run(task, init, seed)), TASKS[task].metric))
-                except FileNotFoundError:
-                    continue
+            finals = _finals(task, init, scale)
             mean, std = mean_std(finals)
             count = sum(math.isfinite(v) for v in finals)
             row.append(f"{fmt(mean)} +- {fmt(std)} ({count})")
         rows.append(row)
     header = ["task", *(f"{init}: mean +- std (seeds)" for init in INITS)]
     return (f"![validation metric over fine-tuning steps, mean +- std over seeds]({relative(plot, doc)})\n\n"
-            f"After {FINETUNE_EPOCHS} epochs:\n\n{table(header, rows)}\n")  # fmt: skip
+            f"After fine-tuning ({scale.epochs_label}):\n\n{table(header, rows)}\n")  # fmt: skip

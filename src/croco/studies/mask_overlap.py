@@ -2,8 +2,9 @@
 
 The grid is one Hydra multirun, ``python train.py experiment=sweep_mask_overlap`` (mask ratios 0.5, 0.75, 0.9,
 0.95 x pairs of overlap >= 0.2, 0.4, 0.6, 512 steps each, all validated on the same held-out pairs of overlap
->= 0.2). Then a linear probe of each frozen encoder (``experiment=linprobe_synthetic``, object class of held-out
-views) gives the downstream number. The masked PSNR is measured at each run's own mask ratio, so along the
+>= 0.2; ``sweep_mask_overlap_paper`` at the paper's scale). Then a linear probe of each frozen encoder
+(``experiment=linprobe_synthetic``, object class of held-out views; ImageNet at the paper's scale) gives the
+downstream number. The masked PSNR is measured at each run's own mask ratio, so along the
 mask-ratio axis it also says how hard the task was; the linear probe compares the encoders on equal terms; the
 localisation probe (``croco.eval.localisation``, best decoder block) says whether the decoder's cross-attention
 finds a token's match in view 2 (about 0.94 patches is no better than attending to the token's own position).
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 
 from croco.studies.common import (
+    Scale,
     eval_job,
     figure,
     final,
@@ -29,27 +31,32 @@ from croco.studies.runner import Job, checkpoint_of, train_job
 from croco.utils.resolvers import run_name_from_overrides
 
 TITLE = "Mask ratio x overlap"
-EXPERIMENT = "sweep_mask_overlap"
 RATIOS = (0.5, 0.75, 0.9, 0.95)
 OVERLAPS = (0.2, 0.4, 0.6)
-PROBE_EPOCHS = 6
 
 
-def cell_run(ratio: float, overlap: float) -> str:
-    """The run name the multirun gives the job of this cell (``croco.utils.resolvers``)."""
-    return run_name_from_overrides(EXPERIMENT, [f"masking.ratio={ratio}", f"data.overlap_min={overlap}"])
+def cell_run(ratio: float, overlap: float, scale: Scale) -> str:
+    """The run name the multirun gives the job of this cell (``croco.utils.resolvers``; the scale's extra
+    pretraining overrides are part of it when they name what a run is)."""
+    swept = [f"masking.ratio={ratio}", f"data.overlap_min={overlap}"]
+    return run_name_from_overrides(scale.sweep, ["logger=csv", *scale.pretrain_overrides, *swept])
 
 
-def probe_run(ratio: float, overlap: float) -> str:
-    return f"study/linprobe/mask{ratio}_overlap{overlap}"
+def probe_run(ratio: float, overlap: float, scale: Scale) -> str:
+    return f"{scale.prefix}/linprobe/mask{ratio}_overlap{overlap}"
 
 
-def stages() -> list[list[Job]]:
-    grid = Job(EXPERIMENT, ("train.py", "-m", f"experiment={EXPERIMENT}", "logger=csv"))
-    probes = [train_job(probe_run(r, o), ["experiment=linprobe_synthetic", init_override(checkpoint_of(cell_run(r, o))),
-                                          f"trainer.max_epochs={PROBE_EPOCHS}", f"optim.epochs={PROBE_EPOCHS}"])
-              for r in RATIOS for o in OVERLAPS]  # fmt: skip
-    localisation = [eval_job(cell_run(r, o), "localisation", "data/smoke_sweep") for r in RATIOS for o in OVERLAPS]
+def probe_job(ratio: float, overlap: float, scale: Scale) -> Job:
+    overrides = [f"experiment={scale.probe}", init_override(checkpoint_of(cell_run(ratio, overlap, scale)))]
+    if scale.probe_epochs:
+        overrides += [f"trainer.max_epochs={scale.probe_epochs}", f"optim.epochs={scale.probe_epochs}"]
+    return train_job(probe_run(ratio, overlap, scale), [*overrides, *scale.finetune_overrides])
+
+
+def stages(scale: Scale) -> list[list[Job]]:
+    grid = Job(scale.sweep, ("train.py", "-m", f"experiment={scale.sweep}", "logger=csv", *scale.pretrain_overrides))
+    probes = [probe_job(r, o, scale) for r in RATIOS for o in OVERLAPS]
+    localisation = [eval_job(cell_run(r, o, scale), "localisation", scale.sweep_data) for r in RATIOS for o in OVERLAPS]
     return [[grid], probes + localisation]
 
 
@@ -66,18 +73,21 @@ def _localisation(run: str) -> float:
     return min(result["error_mean_of_heads"]) if result else math.nan
 
 
-def grids() -> dict[str, list[list[float]]]:
+def grids(scale: Scale) -> dict[str, list[list[float]]]:
     """Rows: mask ratios; columns: minimum overlaps."""
+    def grid(value):
+        return [[value(r, o) for o in OVERLAPS] for r in RATIOS]
+
     return {
-        "masked PSNR (dB) at the run's ratio": [[_value(cell_run(r, o), "val/psnr_masked") for o in OVERLAPS] for r in RATIOS],
-        "cross-view gap (%)": [[100 * _value(cell_run(r, o), "val/crossview/gap_other") for o in OVERLAPS] for r in RATIOS],
-        "linear probe top-1 (%)": [[100 * _value(probe_run(r, o), "val/top1") for o in OVERLAPS] for r in RATIOS],
-        "localisation error (patches)": [[_localisation(cell_run(r, o)) for o in OVERLAPS] for r in RATIOS],
-    }  # fmt: skip
+        "masked PSNR (dB) at the run's ratio": grid(lambda r, o: _value(cell_run(r, o, scale), "val/psnr_masked")),
+        "cross-view gap (%)": grid(lambda r, o: 100 * _value(cell_run(r, o, scale), "val/crossview/gap_other")),
+        "linear probe top-1 (%)": grid(lambda r, o: 100 * _value(probe_run(r, o, scale), "val/top1")),
+        "localisation error (patches)": grid(lambda r, o: _localisation(cell_run(r, o, scale))),
+    }
 
 
-def report(doc: Path, figures: Path) -> str:
-    maps = grids()
+def report(doc: Path, figures: Path, scale: Scale) -> str:
+    maps = grids(scale)
 
     def draw(plt, fig):
         axes = fig.subplots(1, len(maps))
