@@ -72,7 +72,7 @@ study-mask-overlap: $(STAMP)  ## mask ratio x pair overlap, one Hydra multirun +
 study-decoders: $(STAMP)  ## CrossBlock versus CatBlock decoders at equal compute (~15 min)
 	$(PY) -m croco.studies decoders --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
-study-init: $(STAMP)  ## pretrained versus scratch on depth, segmentation and stereo, three seeds (~70 min)
+study-init: $(STAMP)  ## pretrained versus scratch on depth, segmentation and stereo, three seeds (~2 h)
 	$(PY) -m croco.studies init --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS)
 
 results: $(STAMP)  ## every study above, then docs/results.md

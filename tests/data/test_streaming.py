@@ -125,10 +125,13 @@ def test_a_failed_background_generation_is_one_line(tmp_path: Path) -> None:
 
 
 def _record_niceness(folder: Path) -> None:
-    """A fill callable that writes its own and its worker's scheduling niceness."""
+    """A fill callable that writes its own and its worker's scheduling niceness, and its autogroup line."""
     worker = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True,
                             check=True)
     (folder / "nice.txt").write_text(f"{os.nice(0)} {worker.stdout.strip()}")
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        (folder / "autogroup.txt").write_text(autogroup.read_text())
 
 
 def test_the_background_generator_yields_the_cores_to_training(tmp_path: Path) -> None:
@@ -144,6 +147,11 @@ def test_the_background_generator_yields_the_cores_to_training(tmp_path: Path) -
     own = os.nice(0)
     expected = min(own + BACKGROUND_NICENESS, 19)
     assert (tmp_path / "nice.txt").read_text() == f"{expected} {expected}"
+    # its own session is its own autogroup, which must yield too (else the group gets an equal share of the CPU)
+    if Path("/proc/self/autogroup").exists():
+        child_group = (tmp_path / "autogroup.txt").read_text().split()
+        assert child_group[0] != Path("/proc/self/autogroup").read_text().split()[0]  # another group
+        assert child_group[-2:] == ["nice", str(BACKGROUND_NICENESS)]
 
 
 def _stubborn_generator(folder: Path) -> None:

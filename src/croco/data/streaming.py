@@ -28,8 +28,17 @@ from typing import Any
 __all__ = ["BACKGROUND_NICENESS", "LOG_NAME", "BackgroundGeneration", "PlannedOutput", "planned_output", "shard_name"]
 
 BACKGROUND_NICENESS = 10
-"""Added to the child's scheduling niceness (and so its pool workers'): once training runs it takes the cores
-first, while the generator only has to finish the next shards before the next epoch boundary."""
+"""Added to the child's scheduling niceness (and so its pool workers'), and the niceness of its scheduling
+autogroup: once training runs it takes the cores first, while the generator only has to finish the next shards
+before the next epoch boundary. The child runs in a session of its own (so that Ctrl-C in the terminal reaches only
+the trainer), and with Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) a new session
+is a new group that gets an equal share of the CPU whatever its processes' niceness; the group's own niceness
+(``/proc/self/autogroup``, ``man 7 sched``) is what yields. Measured on two cores: the first ViT-B step took
+1.9 min with the process niceness alone (at 10 or 19), 54 s with the group's too, 49 s without a generator."""
+
+AUTOGROUP = Path("/proc/self/autogroup")
+"""Linux: this process's scheduling autogroup, ``/autogroup-<id> nice <n>``; writing a number sets the group's
+niceness (raising it needs no privilege)."""
 
 LOG_NAME = ".generation.log"
 """The child's stdout and stderr, inside the folder it fills (``*.h5`` listings never see it)."""
@@ -165,6 +174,8 @@ def main() -> int:
     generate, folder = pickle.load(sys.stdin.buffer)
     with contextlib.suppress(OSError, AttributeError):  # not every platform lets a process lower its priority
         os.nice(BACKGROUND_NICENESS)
+    with contextlib.suppress(OSError):  # Linux with autogroup scheduling only
+        AUTOGROUP.write_text(str(BACKGROUND_NICENESS))
     try:
         generate(Path(folder))
     except KeyboardInterrupt as error:
