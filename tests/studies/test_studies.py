@@ -71,18 +71,18 @@ def _train_overrides(job: Job) -> list[list[str]]:
     return [rest + cell for cell in grid]
 
 
-def _pretraining_checkpoint(path: Path, cfg) -> None:
-    """A Lightning-layout checkpoint of the network the pretraining config builds (random weights)."""
+def _pretraining_checkpoint(path: Path, cfg, weights: bool = True) -> None:
+    """A Lightning-layout checkpoint of the network the pretraining config builds: its random weights, or (for
+    networks too large to build in a test) its arguments and a single tensor."""
     import torch
     from omegaconf import OmegaConf
 
     from croco.models.croco import CroCoNet
 
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    net = CroCoNet(**kwargs)
+    state = CroCoNet(**kwargs).state_dict() if weights else {"mask_token": torch.zeros(1, 1, kwargs["dec_embed_dim"])}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "hyper_parameters": {"model": kwargs}}, path)  # fmt: skip
+    torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}, "hyper_parameters": {"model": kwargs}}, path)
 
 
 ARCHITECTURE = ("patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "mlp_ratio", "pos_embed",
@@ -127,16 +127,6 @@ def test_every_training_job_of_every_cpu_study_is_a_valid_config(study, compose_
         assert composed == 12 + 12  # the grid's 12 jobs and their 12 probes
 
 
-def _arguments_only_checkpoint(path: Path, cfg) -> None:
-    """A Lightning-layout checkpoint holding the pretraining's network arguments and one tensor."""
-    import torch
-    from omegaconf import OmegaConf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"net.mask_token": torch.zeros(1, 1, int(cfg.model.dec_embed_dim))},
-                "hyper_parameters": {"model": OmegaConf.to_container(cfg.model, resolve=True)}}, path)  # fmt: skip
-
-
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_every_training_job_of_every_paper_scale_study_is_a_valid_config(study, compose_train, tmp_path, monkeypatch):
     """At the paper's scale (networks too large to build in a test), each job composes and passes the config
@@ -145,17 +135,18 @@ def test_every_training_job_of_every_paper_scale_study_is_a_valid_config(study, 
     scale = SCALES["paper"].with_overrides(["trainer.devices=8"], ["data.batch_size=4"])
     module = importlib.import_module(STUDIES[study])
     composed, finetunes = 0, 0
+    sources = {}  # init checkpoint -> the config of the pretraining that writes it
     for job in (job for stage in module.stages(scale) for job in stage):
-        runs = _train_overrides(job)
-        for overrides in runs:
+        for overrides in _train_overrides(job):
             init = next((o.split("=", 1)[1].strip("'") for o in overrides if o.startswith("finetune.init=")), None)
-            if init is not None and not Path(init).exists():  # the config check reads the file's arguments
-                _arguments_only_checkpoint(Path(init), compose_train(*_pretraining_of(init, scale)))
+            if init is not None and init not in sources:  # the config check reads the file's arguments
+                sources[init] = compose_train(*_pretraining_of(init, scale))
+                _pretraining_checkpoint(Path(init), sources[init], weights=False)
             cfg = compose_train(*[o for o in overrides if not o.startswith("run_name=")])
             validate_train_config(cfg, check_data=False)
             assert ("trainer.devices=8" in overrides) != ("data.batch_size=4" in overrides)  # the right extras
             if init is not None:
-                source = compose_train(*_pretraining_of(init, scale))
+                source = sources[init]
                 binocular = cfg.task.get("kind") in ("stereo", "flow")
                 keys = ARCHITECTURE if binocular and cfg.finetune.init_decoder else ARCHITECTURE[:6]
                 assert {k: cfg.model[k] for k in keys} == {k: source.model[k] for k in keys}, overrides

@@ -26,13 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="added to every fine-tune and probe (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     parser.add_argument("--report-only", action="store_true", help="only write the figures and the docs")
-    parser.add_argument("--doc", type=Path, help="default: docs/results.md (cpu), docs/results_paper.md (paper)")
-    parser.add_argument("--figures", type=Path, help="default: docs/figures/results[_paper]")
+    parser.add_argument("--doc", type=Path, help="default: the scale's (docs/results.md, docs/results_paper.md)")
+    parser.add_argument("--figures", type=Path, help="default: the scale's (docs/figures/results[_paper])")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale].with_overrides(args.pretrain_override, args.finetune_override)
-    suffix = "" if args.scale == "cpu" else f"_{args.scale}"
-    doc = args.doc or Path(f"docs/results{suffix}.md")
-    figures = args.figures or Path(f"docs/figures/results{suffix}")
+    doc, figures = args.doc or Path(scale.doc), args.figures or Path(scale.figures)
     names = list(STUDIES) if args.study == "all" else [args.study]
     try:
         for name in names:

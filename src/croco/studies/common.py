@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from croco.studies.runner import Job, checkpoint_of, run_dir, train_job
+from croco.studies.runner import Job, checkpoint_of, module_job, run_dir, train_job
 from croco.utils.runs import Series, find_metrics, read_series, save_figure
 
 __all__ = [
@@ -64,8 +64,9 @@ class DownstreamTask:
 class Scale:
     """Where the studies run: the networks, data and recipes of their training runs."""
 
-    name: str
     prefix: str  # of the run names: logs/runs/<prefix>/...
+    doc: str  # the page the reports write into
+    figures: str  # the folder of their figures
     pretraining: tuple[str, ...]  # the CroCo pretraining; the variants add to it
     tasks: dict[str, DownstreamTask]
     finetune_epochs: int | None  # None: each downstream experiment's own recipe
@@ -91,8 +92,9 @@ SMOKE_DECODER = ("model.dec_embed_dim=96", "model.dec_depth=2", "model.dec_num_h
 
 SCALES: dict[str, Scale] = {
     "cpu": Scale(
-        name="cpu",
         prefix="study",
+        doc="docs/results.md",
+        figures="docs/figures/results",
         pretraining=("experiment=smoke",),
         tasks={
             "depth": DownstreamTask("depth_synthetic", "val/abs_rel", "depth AbsRel", False),
@@ -109,8 +111,9 @@ SCALES: dict[str, Scale] = {
         decoders=(3, 2),
     ),
     "paper": Scale(
-        name="paper",
         prefix="study_paper",
+        doc="docs/results_paper.md",
+        figures="docs/figures/results_paper",
         pretraining=("experiment=pretrain",),
         tasks={
             "depth": DownstreamTask("depth_nyu", "val/abs_rel", "depth AbsRel (NYUv2)", False),
@@ -181,8 +184,8 @@ def eval_path(run_name: str, kind: str) -> Path:
 
 def eval_job(run_name: str, kind: str, data: str, *args: str) -> Job:
     """``python -m croco.eval.<kind>`` on a run's last checkpoint, its numbers to ``<run>/eval/<kind>.json``."""
-    return Job(f"{run_name}/{kind}", ("-m", f"croco.eval.{kind}", "--ckpt", str(checkpoint_of(run_name)),
-               "--data", data, *args, "--out", str(eval_path(run_name, kind))))  # fmt: skip
+    return module_job(f"{run_name}/{kind}", f"croco.eval.{kind}", ("--ckpt", str(checkpoint_of(run_name)),
+                      "--data", data, *args, "--out", str(eval_path(run_name, kind))))  # fmt: skip
 
 
 def crossview_eval_job(name: str, scale: Scale) -> Job:

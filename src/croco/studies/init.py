@@ -8,13 +8,11 @@ the seeds.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from croco.studies.common import (
     Scale,
     figure,
-    final,
     finetune_job,
     finetune_run,
     fmt,
@@ -38,45 +36,41 @@ def stages(scale: Scale) -> list[list[Job]]:
             [finetune_job(task, init, seed, scale) for seed in SEEDS for task in DOWNSTREAM for init in INITS]]  # fmt: skip
 
 
-def _finals(task: str, init: str, scale: Scale) -> list[float]:
-    finals = []
-    for seed in SEEDS:
-        try:
-            finals.append(final(series_of(finetune_run(task, init, seed, scale)), scale.tasks[task].metric))
-        except FileNotFoundError:
-            continue
-    return finals
-
-
-def curves(task: str, init: str, scale: Scale) -> tuple[list[int], list[float], list[float], int]:
-    """Steps, mean and standard deviation over the seeds of the task's validation metric (the steps every
-    finished seed has), and the number of seeds found."""
+def seed_points(task: str, init: str, scale: Scale) -> list[list[tuple[int, float]]]:
+    """The (step, value) points of the task's validation metric, one list per seed that has them."""
     runs = []
     for seed in SEEDS:
         try:
-            runs.append(dict(series_of(finetune_run(task, init, seed, scale)).get(scale.tasks[task].metric, [])))
+            points = series_of(finetune_run(task, init, seed, scale)).get(scale.tasks[task].metric, [])
         except FileNotFoundError:
             continue
-    runs = [r for r in runs if r]
+        if points:
+            runs.append(points)
+    return runs
+
+
+def curves(runs: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
+    """Steps, mean and standard deviation over the seeds' points (at the steps every seed has)."""
     if not runs:
-        return [], [], [], 0
-    steps = sorted(set.intersection(*(set(r) for r in runs)))
-    stats = [mean_std([r[s] for r in runs]) for s in steps]
-    return steps, [m for m, _ in stats], [s for _, s in stats], len(runs)
+        return [], [], []
+    values = [dict(points) for points in runs]
+    steps = sorted(set.intersection(*(set(v) for v in values)))
+    stats = [mean_std([v[s] for v in values]) for s in steps]
+    return steps, [m for m, _ in stats], [s for _, s in stats]
 
 
 def report(doc: Path, figures: Path, scale: Scale) -> str:
     tasks = scale.tasks
-    data = {(task, init): curves(task, init, scale) for task in DOWNSTREAM for init in INITS}
+    runs = {(task, init): seed_points(task, init, scale) for task in DOWNSTREAM for init in INITS}
 
     def draw(plt, fig):
         axes = fig.subplots(1, len(DOWNSTREAM))
         for ax, task in zip(axes, DOWNSTREAM, strict=True):
             for init, colour in zip(INITS, ("tab:blue", "tab:grey"), strict=True):
-                steps, mean, std, seeds = data[(task, init)]
+                steps, mean, std = curves(runs[(task, init)])
                 if not steps:
                     continue
-                ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"{init} ({seeds} seeds)")
+                ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"{init} ({len(runs[(task, init)])} seeds)")
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                                 [m + s for m, s in zip(mean, std, strict=True)], color=colour, alpha=0.2)  # fmt: skip
             better = "higher" if tasks[task].higher_is_better else "lower"
@@ -89,10 +83,9 @@ def report(doc: Path, figures: Path, scale: Scale) -> str:
     for task in DOWNSTREAM:
         row = [tasks[task].label]
         for init in INITS:
-            finals = _finals(task, init, scale)
+            finals = [points[-1][1] for points in runs[(task, init)]]
             mean, std = mean_std(finals)
-            count = sum(math.isfinite(v) for v in finals)
-            row.append(f"{fmt(mean)} +- {fmt(std)} ({count})")
+            row.append(f"{fmt(mean)} +- {fmt(std)} ({len(finals)})")
         rows.append(row)
     header = ["task", *(f"{init}: mean +- std (seeds)" for init in INITS)]
     return (f"![validation metric over fine-tuning steps, mean +- std over seeds]({relative(plot, doc)})\n\n"

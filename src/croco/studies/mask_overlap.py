@@ -39,7 +39,7 @@ def cell_run(ratio: float, overlap: float, scale: Scale) -> str:
     """The run name the multirun gives the job of this cell (``croco.utils.resolvers``; the scale's extra
     pretraining overrides are part of it when they name what a run is)."""
     swept = [f"masking.ratio={ratio}", f"data.overlap_min={overlap}"]
-    return run_name_from_overrides(scale.sweep, ["logger=csv", *scale.pretrain_overrides, *swept])
+    return run_name_from_overrides(scale.sweep, [*scale.pretrain_overrides, *swept])
 
 
 def probe_run(ratio: float, overlap: float, scale: Scale) -> str:

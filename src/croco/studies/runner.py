@@ -2,10 +2,11 @@
 
 A job is a command line (``python train.py ...`` or ``python -m croco.eval...``). When it succeeds, its marker
 ``logs/studies/jobs/<job>.done`` records the command; a relaunch skips every job whose marker holds the same
-command (whichever study ran it: studies share runs, e.g. the CroCo pretraining), so an interrupted study goes on where it stopped (a training run itself resumes from its
-``last.ckpt``). Jobs of one stage are independent and run ``jobs`` at a time, each with its share of the CPU
-threads (all of them for a stage of one job); a stage starts when the previous one has finished. Each job's output goes to ``<job>.log`` beside its
-marker; a failure stops the study after its stage with one line naming the job and its log.
+command (whichever study ran it: studies share runs, e.g. the CroCo pretraining), so an interrupted study goes on
+where it stopped (a training run itself resumes from its ``last.ckpt``). Jobs of one stage are independent and run
+``jobs`` at a time, each with its share of the CPU threads (all of them for a stage of one job); a stage starts
+when the previous one has finished. Each job's output goes to ``<job>.log`` beside its marker; a failure stops the
+study after its stage with one line naming the job and its log.
 """
 
 from __future__ import annotations
