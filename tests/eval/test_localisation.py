@@ -53,6 +53,35 @@ def test_position_error_of_ideal_positional_and_uniform_attention():
     assert sharpness.item() == pytest.approx(1 / 16)
 
 
+def test_position_error_over_chosen_tokens_only():
+    grid = (4, 4)
+    positions = token_positions(grid)
+    shifts = torch.tensor([[0, 0]])
+    uniform = torch.full((1, 1, 16, 16), 1 / 16)
+    ideal = torch.eye(16)[None, None]
+    chosen = torch.arange(16)[None] % 2 == 0  # the even tokens attend to their match, the odd ones uniformly
+    attention = torch.where(chosen[:, None, :, None], ideal, uniform)
+    error, _, sharpness = attention_position_error(attention, shifts, grid, chosen)
+    assert error.item() == 0 and sharpness.item() == 1
+    error, _, sharpness = attention_position_error(attention, shifts, grid, ~chosen)
+    expected = (positions.mean(0) - positions[1::2]).norm(dim=-1).mean()
+    assert error.item() == pytest.approx(expected.item()) and sharpness.item() == pytest.approx(1 / 16)
+    with pytest.raises(ValueError, match="no measured image-1 token"):
+        attention_position_error(attention, shifts, grid, torch.zeros(1, 16, dtype=torch.bool))
+
+
+def test_masked_probe_measures_the_pretraining_pass():
+    torch.manual_seed(0)
+    net = CroCoNet(**TINY, pos_embed="RoPE100", mask_ratio=0.75)
+    views = torch.randn(4, 3, 48, 48)
+    unmasked = measure_localisation(net, views)
+    masked = measure_localisation(net, views, masked=True)
+    again = measure_localisation(net, views, masked=True)
+    assert masked.error.shape == unmasked.error.shape == (2, 2)
+    torch.testing.assert_close(masked.error, again.error)  # the masks come from the seed
+    assert not torch.allclose(masked.error, unmasked.error)
+
+
 def test_measure_reports_every_block_and_head_and_refuses_small_views():
     torch.manual_seed(0)
     net = CroCoNet(**TINY, pos_embed="RoPE100")

@@ -14,10 +14,16 @@ geometric question directly, on pairs whose correspondence is exact by construct
   position gives): an error below it means the attention finds the match. ``sharpness`` is the mean largest
   attention weight (1 / number of tokens for uniform attention, 1 for one-hot).
 
+With ``--masked`` the probe runs the pretraining pass instead: image 1 is masked at the network's own ratio and the
+error is taken over the *masked* tokens, the queries the pretraining loss trains (a mask token carries a position
+but no content, so it can only find its match through what the decoder gathered from the visible tokens). The
+unmasked probe is what a downstream pair looks like: every image-1 token visible.
+
 The attention maps are the ones the network uses: they are recomputed from each ``CrossAttention``'s inputs in
 a forward hook (projections, RoPE, scaled softmax) and checked in the tests against the module's output.
 
     python -m croco.eval.localisation --ckpt logs/runs/crossview_cpu/checkpoints/last.ckpt --data data/crossview
+    python -m croco.eval.localisation --ckpt logs/runs/crossview_cpu/checkpoints/last.ckpt --data data/crossview --masked
 """
 
 from __future__ import annotations
@@ -82,23 +88,26 @@ def token_positions(grid: tuple[int, int]) -> torch.Tensor:
 
 
 def attention_position_error(
-    attention: torch.Tensor, shifts: torch.Tensor, grid: tuple[int, int]
+    attention: torch.Tensor, shifts: torch.Tensor, grid: tuple[int, int], tokens: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per head: (error of the attention-weighted position, error of the token's own position, sharpness).
 
     ``attention`` (B, heads, N, N) over a ``grid`` of tokens in both images; ``shifts`` (B, 2) the (x, y) patch
     offset of image 2's window, so image-1 token ``p`` matches image-2 token ``p - shift``. Errors are mean
-    distances in patches over the tokens whose match lies inside image 2; each output is (heads,)."""
+    distances in patches over the tokens whose match lies inside image 2 (and, with ``tokens`` (B, N) bool, that
+    are among those); each output is (heads,)."""
     positions = token_positions(grid).to(attention.device)
     truth = positions[None] - shifts[:, None].to(attention.device).float()  # (B, N, 2)
     inside = ((truth >= 0) & (truth <= torch.tensor([grid[1] - 1, grid[0] - 1], device=truth.device))).all(-1)
+    if tokens is not None:
+        inside = inside & tokens.to(inside.device)
     if not inside.any():
-        raise ValueError("no image-1 token has its match inside image 2: shift smaller than the window")
+        raise ValueError("no measured image-1 token has its match inside image 2: shift smaller than the window")
     expected = attention.float() @ positions  # (B, heads, N, 2)
     error = (expected - truth[:, None]).norm(dim=-1)  # (B, heads, N)
     weights = inside[:, None].float().expand_as(error)
     own = (positions[None] - truth).norm(dim=-1)[inside].mean()
-    sharpness = attention.float().amax(dim=-1).mean(dim=(0, 2))
+    sharpness = (attention.float().amax(dim=-1) * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
     return (error * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2)), own.expand(attention.shape[1]), sharpness
 
 
@@ -152,10 +161,11 @@ def shifted_windows(
 
 @torch.no_grad()
 def measure_localisation(
-    net: nn.Module, views: torch.Tensor, *, seed: int = 0, batch_size: int = 32
+    net: nn.Module, views: torch.Tensor, *, seed: int = 0, batch_size: int = 32, masked: bool = False
 ) -> LocalisationResult:
     """Probe ``net`` (a ``CroCoNet`` with a cross-attention decoder) on normalised views (B, 3, H, W) at least
-    one patch larger than its image size on every side."""
+    one patch larger than its image size on every side. ``masked``: the pretraining pass (image 1 masked at the
+    network's ratio, masks drawn from ``seed``), measured over the masked tokens."""
     window = as_hw(net.croco_kwargs["img_size"], "img_size")
     patch = int(net.croco_kwargs["patch_size"])
     grid = (window[0] // patch, window[1] // patch)
@@ -166,9 +176,14 @@ def measure_localisation(
     try:
         for start in range(0, views.shape[0], batch_size):
             img1, img2, shifts = shifted_windows(views[start : start + batch_size], window, patch, generator)
+            tokens = None
             with record_cross_attention(net) as maps:
-                net.binocular_features(img1, img2, return_all_blocks=False)
-            rows = torch.stack([torch.stack(attention_position_error(m, shifts, grid)) for m in maps], dim=1)
+                if masked:
+                    masks = net.mask_generator(img1.shape[0], grid[0] * grid[1], img1.device, generator=generator)
+                    _, tokens, _ = net(img1, img2, masks)
+                else:
+                    net.binocular_features(img1, img2, return_all_blocks=False)
+            rows = torch.stack([torch.stack(attention_position_error(m, shifts, grid, tokens)) for m in maps], dim=1)
             sums = rows * img1.shape[0] if sums is None else sums + rows * img1.shape[0]
     finally:
         net.train(was_training)
@@ -203,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="shard folder whose first views are probed")
     parser.add_argument("--pairs", type=int, default=64, help="views probed (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shifts")
+    parser.add_argument("--masked", action="store_true",
+                        help="the pretraining pass: mask image 1 at the network's ratio, measure the masked tokens")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     try:
@@ -212,14 +229,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         window = as_hw(net.croco_kwargs["img_size"], "img_size")
         patch = int(net.croco_kwargs["patch_size"])
         views = load_views(args.data, args.pairs, (window[0] + 2 * patch, window[1] + 2 * patch))
-        result = measure_localisation(net, views, seed=args.seed)
+        result = measure_localisation(net, views, seed=args.seed, masked=args.masked)
     except (ValueError, OSError) as error:  # CheckpointError and ShardError are one-line ValueErrors
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"{args.ckpt} on {result.pairs} views of {args.data} (image 2 = image 1 shifted by -1, 0 or +1 patch):")
+    tokens = "masked tokens of image 1" if args.masked else "image 1 unmasked"
+    print(f"{args.ckpt} on {result.pairs} views of {args.data} (image 2 = image 1 shifted by -1, 0 or +1 patch; "
+          f"{tokens}):")
     print(result.table())
     if args.out is not None:
-        payload = {"checkpoint": str(args.ckpt), "data": str(args.data), "seed": args.seed, **result.to_dict()}
+        payload = {"checkpoint": str(args.ckpt), "data": str(args.data), "seed": args.seed, "masked": args.masked,
+                   **result.to_dict()}
         with atomic_output(args.out) as tmp:
             Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
