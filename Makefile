@@ -28,6 +28,7 @@ pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated i
 # The CPU pretraining that flow_synthetic and pose_synthetic start from (docs/downstream.md, "Flow and relative
 # pose"): the crossview pairs and their self-pairs (both kept when already there), experiment=crossview_selfpairs,
 # then two continuations of 3,072 steps at half the learning rate, each from the previous run's weights.
+# The generate.py settings are those of conf/data/crossview.yaml (generate_if_missing): keep the two equal.
 SELFPAIRS_CONTINUE := trainer.max_epochs=12 optim.epochs=12 optim.lr=5e-4
 pretrain-selfpairs: $(STAMP)  ## half self-pairs, 9,728 steps: the decoder localises; flow/pose start here (~2 h)
 	$(PY) generate.py source=synthetic out=data/crossview pairs=6000 seed=0 resolution=80 pairs_per_scene=5 \
