@@ -539,7 +539,7 @@ def test_pose_augmentor_crops_both_images_alike_and_keeps_the_pose():
         "translation": translation,
         "name": "p",
     }
-    augment = PoseAugmentor((24, 40), color=False)
+    augment = PoseAugmentor((24, 40), color=False, h_flip_prob=0.0, swap_prob=0.0)
     tops = set()
     for seed in range(6):
         torch.manual_seed(seed)
@@ -550,6 +550,65 @@ def test_pose_augmentor_crops_both_images_alike_and_keeps_the_pose():
     assert len(tops) > 1
     torch.manual_seed(0)
     assert PoseAugmentor(64)(dict(sample))["img1"].shape == (3, 64, 64)  # smaller images are upscaled
+
+
+def _pose_of(out: dict) -> np.ndarray:
+    """The camera-to-world pose of camera 2 when camera 1 is the world frame, from a sample's pose labels."""
+    pose = np.eye(4)
+    pose[:3, :3] = out["rotation"].double().numpy()
+    pose[:3, 3] = (out["translation"] * out["translation_norm"]).double().numpy()  # the unit direction, scaled
+    return pose
+
+
+def test_pose_augmentor_flip_and_swap_give_the_exact_pose_of_the_new_views():
+    """A flipped pair is the view of a mirrored world: the flow that the new pose predicts from the flipped depth
+    is the flipped flow (u negated). Swapped views carry the pose of camera 1 in camera 2's frame."""
+    from croco.data.stereoflow import pose_sample
+    from croco.geometry.cameras import intrinsics_from_hfov
+    from croco.geometry.covisibility import optical_flow
+
+    size, rng = 32, np.random.default_rng(0)
+    K = intrinsics_from_hfov(70.0, size)
+    pose1, pose2 = np.eye(4), np.eye(4)
+    axis = rng.normal(size=3)
+    angle = np.deg2rad(25.0) * axis / np.linalg.norm(axis)
+    skew = np.array([[0, -angle[2], angle[1]], [angle[2], 0, -angle[0]], [-angle[1], angle[0], 0]])
+    pose2[:3, :3] = torch.linalg.matrix_exp(torch.from_numpy(skew)).numpy()
+    pose2[:3, 3] = [0.7, -0.2, 0.3]
+    depth = (3.0 + rng.uniform(0, 1, (size, size))).astype(np.float32)
+    sample = {"img1": torch.rand(3, size, size), "img2": torch.rand(3, size, size), "name": "p",
+              **pose_sample(pose1, pose2)}  # fmt: skip
+    flow, _ = optical_flow(depth, depth, K, K, pose1, pose2)
+
+    flipped = PoseAugmentor(size, color=False, h_flip_prob=1.0, swap_prob=0.0)(dict(sample))
+    assert torch.allclose(images(flipped)[0], sample["img1"].flip(-1), atol=1e-6)
+    flow_flipped, _ = optical_flow(depth[:, ::-1].copy(), depth, K, K, np.eye(4), _pose_of(flipped))
+    mirrored = flow[:, ::-1] * np.array([-1.0, 1.0], dtype=np.float32)
+    assert np.abs(flow_flipped - mirrored).max() < 1e-3 and np.abs(mirrored).max() > 2  # a real motion
+    rotation = flipped["rotation"].double()
+    assert torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-6)
+    assert torch.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
+
+    swapped = PoseAugmentor(size, color=False, h_flip_prob=0.0, swap_prob=1.0)(dict(sample))
+    expected = pose_sample(pose2, pose1)
+    assert torch.allclose(images(swapped)[0], sample["img2"], atol=1e-6)
+    assert torch.allclose(images(swapped)[1], sample["img1"], atol=1e-6)
+    torch.testing.assert_close(swapped["rotation"], expected["rotation"])
+    torch.testing.assert_close(swapped["translation"], expected["translation"])
+
+    seen = set()
+    for seed in SEEDS:  # both changes happen at their default probability, never to the images alone
+        torch.manual_seed(seed)
+        out = PoseAugmentor(size, color=False)(dict(sample))
+        mirror = not torch.allclose(images(out)[0], sample["img1"], atol=1e-6) and not torch.allclose(
+            images(out)[0], sample["img2"], atol=1e-6)
+        swap = torch.allclose(images(out)[1], sample["img1"], atol=1e-6) or torch.allclose(
+            images(out)[1], sample["img1"].flip(-1), atol=1e-6)
+        seen.add((mirror, swap))
+        reference = PoseAugmentor(size, color=False, h_flip_prob=float(mirror), swap_prob=float(swap))(dict(sample))
+        torch.testing.assert_close(out["rotation"], reference["rotation"])
+        torch.testing.assert_close(out["translation"], reference["translation"])
+    assert len(seen) == 4
 
 
 def test_eval_transform_centre_crops_images_and_ground_truth():

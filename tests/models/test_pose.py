@@ -126,10 +126,32 @@ def test_head_sees_where_each_token_is():
         torch.nn.init.normal_(head.mlp[-1].weight, std=0.5)
     grid = 32 // TINY["patch_size"]
     tokens = torch.randn(1, grid * grid, TINY["dec_embed_dim"])
+    image2 = torch.randn(1, grid * grid, TINY["enc_embed_dim"])
     moved = tokens.flip(1)
-    assert not torch.allclose(head(tokens, (32, 32)), head(moved, (32, 32)), atol=1e-6)
+    assert not torch.allclose(head(tokens, (32, 32), image2), head(moved, (32, 32), image2), atol=1e-6)
+    assert not torch.allclose(head(tokens, (32, 32), image2), head(tokens, (32, 32), image2.flip(1)), atol=1e-6)
     with pytest.raises(ValueError, match="do not tile a"):
-        head(tokens, (32, 48))
+        head(tokens, (32, 48), image2)
+    with pytest.raises(ValueError, match="two images of the same size"):
+        head(tokens, (32, 32), image2[:, :-4])
+
+
+def test_head_locates_each_match_in_image_2():
+    """With query = key = a scaled identity, each token's soft match is the image-2 token equal to it: image 2
+    shifted one patch to the left gives every match one patch to the left of the token (away from the border)."""
+    model = CroCoDownstreamBinocular(RelativePoseHead(hidden=16, match_heads=1, match_dim=32), **TINY)
+    head = model.head
+    with torch.no_grad():
+        for layer in (head.query, head.key):
+            layer.weight.copy_(8.0 * torch.eye(32))
+    grid = 32 // TINY["patch_size"]
+    tokens = torch.randn(2, grid, grid, 32)
+    image2 = tokens.roll(-1, dims=2)  # image-2 column c holds image-1 column c + 1
+    matches, positions = head.matches(tokens.flatten(1, 2), (32, 32), image2.flatten(1, 2))
+    shift = (matches - positions)[:, 0].view(2, grid, grid, 2)
+    interior = shift[:, :, 1:]  # column 0's match wrapped around to the last column
+    torch.testing.assert_close(interior[..., 0], torch.full_like(interior[..., 0], -2 / grid), atol=1e-3, rtol=0)
+    torch.testing.assert_close(interior[..., 1], torch.zeros_like(interior[..., 1]), atol=1e-3, rtol=0)
 
 
 def test_pose_loss_values():

@@ -145,3 +145,28 @@ def test_predict_reads_the_official_crocoflow_layout(tmp_path):
         pair = [normalize(load_image(p).float().div(255).unsqueeze(0)) for p in (img1, img2)]
         expected, _ = tiled_pred(net, *pair, window=(32, 32), overlap=0.7, conf_mode="conf_expsigmoid_10_5", channels=2)
     np.testing.assert_allclose(flow, expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_evaluate_a_pose_run_writes_its_figure(binocular_shards, tmp_path):
+    cfg = compose_config(["experiment=pose_synthetic", *_common(tmp_path), f"data.root={binocular_shards['pose']}",
+                          "data.val_fraction=0.4", "data.val_crop_size=[32,32]", "trainer.max_steps=2",
+                          "trainer.limit_val_batches=1"], tmp_path)  # fmt: skip
+    train(cfg)
+    out = evaluate(_eval_cfg(f"ckpt='{Path(cfg.paths.ckpt_dir) / 'last.ckpt'}'", f"out_dir={tmp_path / 'eval'}",
+                             "baseline=true", "num_panel=2", "accelerator=cpu", "data.num_workers=0"))  # fmt: skip
+    assert out["task"] == "pose" and out["samples"] > 0 and out["baseline"]["rot_mean"] > 0
+    with Image.open(tmp_path / "eval" / "pose.png") as figure:
+        assert figure.width > 1000 and figure.height > 300
+
+
+def test_rotation_vector_is_axis_times_angle():
+    from croco.models.pose import quaternion_to_matrix
+    from croco.tasks.pose import rotation_vector
+
+    half = math.radians(30.0) / 2  # 30 degrees about y, then 120 about (1, 1, 1)
+    about_y = quaternion_to_matrix(torch.tensor([math.cos(half), 0.0, math.sin(half), 0.0], dtype=torch.float64))
+    torch.testing.assert_close(rotation_vector(about_y), torch.tensor([0.0, 30.0, 0.0], dtype=torch.float64))
+    turn = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.float64)  # x -> y -> z -> x
+    expected = torch.full((3,), 120.0 / math.sqrt(3), dtype=torch.float64)
+    torch.testing.assert_close(rotation_vector(turn), expected)
+    torch.testing.assert_close(rotation_vector(about_y.T), -rotation_vector(about_y))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,14 @@ def test_reconstruction_from_another_view_2_and_a_titled_panel():
     assert titled.width == plain.width == 5 * 96 + 6 * 2
     # the title wraps over several lines, the long column name over two
     assert titled.height >= plain.height + 2 * 14 + 14
+
+
+def test_long_captions_wrap_onto_more_lines_inside_the_row():
+    black = {"a": torch.zeros(1, 3, 32, 32), "b": torch.zeros(1, 3, 32, 32)}
+    caption = "rotation 107.6 deg, error 65.6 deg; direction error 21.3 deg"
+    panel = np.asarray(render_panel(black, ("a", "b"), captions=[caption]))
+    yellow = (panel[..., 0] > 200) & (panel[..., 1] > 200) & (panel[..., 2] < 50)
+    rows = np.flatnonzero(yellow.any(axis=1))
+    first_row_top = 14 + 2  # header, then the row
+    assert rows.min() >= first_row_top and rows.max() > first_row_top + 14  # a second line of text
+    assert rows.max() < first_row_top + 96  # inside the row's images

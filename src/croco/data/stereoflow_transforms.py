@@ -417,22 +417,36 @@ class FlowAugmentor:
 
 
 class PoseAugmentor:
-    """Relative-pose training: one random crop for both images (upscaled first if smaller than the crop) and
-    the flow colour jitter; no flips or rescaling that would change the pose, intrinsics ignored."""
+    """Relative-pose training: one random crop for both images (upscaled first if smaller than the crop), the
+    flow colour jitter, and two changes whose effect on the pose is exact:
+
+    * a horizontal flip of both images (``h_flip_prob``) mirrors the world in both cameras, ``x -> -x``: with
+      ``S = diag(-1, 1, 1)``, ``R -> S R S`` and ``t -> S t``;
+    * swapping the views (``swap_prob``) gives camera 1 in camera 2's frame: ``R -> R^T``, ``t -> -R^T t``.
+
+    No rescaling, which would change the intrinsics; the intrinsics are otherwise ignored (a crop or a flip off the
+    principal point shifts it, which the pose does not depend on)."""
 
     def __init__(
-        self, crop_size: int | Sequence[int], color: bool = True, asymmetric_color_aug_prob: float = 0.2
+        self,
+        crop_size: int | Sequence[int],
+        color: bool = True,
+        asymmetric_color_aug_prob: float = 0.2,
+        h_flip_prob: float = 0.5,
+        swap_prob: float = 0.5,
     ) -> None:
         self.crop_size = as_hw(crop_size, "crop_size")
         self.color = bool(color)
         self.asymmetric_color_aug_prob = float(asymmetric_color_aug_prob)
+        self.h_flip_prob, self.swap_prob = float(h_flip_prob), float(swap_prob)
 
     def __repr__(self) -> str:
-        return f"PoseAugmentor(crop_size={self.crop_size})"
+        return f"PoseAugmentor(crop_size={self.crop_size}, h_flip_prob={self.h_flip_prob}, swap_prob={self.swap_prob})"
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         name = sample.get("name", "sample")
         img1, img2 = _as_float_images(sample)
+        rotation, translation = sample["rotation"].double(), sample["translation"].double()
         height, width = img1.shape[1:]
         cover = max(self.crop_size[0] / height, self.crop_size[1] / width)
         if cover > 1:
@@ -443,9 +457,16 @@ class PoseAugmentor:
             img1, img2 = _resize_bilinear(img1, size), _resize_bilinear(img2, size)
         top, left = _random_crop_offsets(*img1.shape[1:], self.crop_size, name)
         img1, img2 = _crop(img1, top, left, self.crop_size), _crop(img2, top, left, self.crop_size)
+        if self.h_flip_prob > 0 and _rand() < self.h_flip_prob:
+            img1, img2 = img1.flip(-1), img2.flip(-1)
+            mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+            rotation, translation = rotation * mirror[:, None] * mirror[None, :], translation * mirror
+        if self.swap_prob > 0 and _rand() < self.swap_prob:
+            img1, img2 = img2, img1
+            rotation, translation = rotation.T, -(rotation.T @ translation)
         if self.color:
             img1, img2 = _flow_color_transform(img1, img2, self.asymmetric_color_aug_prob)
-        return _finish(sample, img1, img2, {})
+        return _finish(sample, img1, img2, {"rotation": rotation, "translation": translation})
 
 
 class EvalTransform:

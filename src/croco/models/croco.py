@@ -375,10 +375,11 @@ class CroCoNet(nn.Module):
         return self._encode_image(img, return_all_blocks=return_all_blocks)[0]
 
     def binocular_features(
-        self, img1: torch.Tensor, img2: torch.Tensor, return_all_blocks: bool = True
-    ) -> list[torch.Tensor] | torch.Tensor:
+        self, img1: torch.Tensor, img2: torch.Tensor, return_all_blocks: bool = True, return_image2: bool = False
+    ) -> Any:
         """Binocular features without masking: [image-1 encoder blocks] + [decoder blocks] (the last of each
-        normalised), as the official downstream models build them. Same-size images share one encoder pass."""
+        normalised), as the official downstream models build them. Same-size images share one encoder pass.
+        ``return_image2``: return ``(features, image-2 encoder output (B, N2, enc_embed_dim))`` instead."""
         grids = (self.patch_embed.grid(*img1.shape[-2:]), self.patch_embed.grid(*img2.shape[-2:]))
         if img1.shape == img2.shape:
             both, pos = self._encode_image(torch.cat([img1, img2]), return_all_blocks=return_all_blocks)
@@ -393,4 +394,5 @@ class CroCoNet(nn.Module):
             feat2, pos2 = self._encode_image(img2)
             feat1 = enc1[-1] if return_all_blocks else enc1
         dec = self._decoder(feat1, pos1, None, feat2, pos2, grids, return_all_blocks=return_all_blocks)
-        return enc1 + dec if return_all_blocks else dec
+        features = enc1 + dec if return_all_blocks else dec
+        return (features, feat2) if return_image2 else features

@@ -10,7 +10,9 @@ the released CroCo-Stereo and CroCo-Flow checkpoints load strictly:
   Keys: everything of CroCoNet but ``mask_token`` and ``prediction_head``, plus ``head.*``.
 
 A head is any module with ``setup(net)``, ``forward(features, image_size)`` and a ``return_all_blocks`` flag
-(``croco.models.dpt.PixelwiseTaskWithDPT``, ``LinearProbeHead``).
+(``croco.models.dpt.PixelwiseTaskWithDPT``, ``LinearProbeHead``). A binocular head whose ``needs_image2`` is true
+also gets the image-2 encoder tokens: ``forward(features, image_size, image2)``
+(``croco.models.pose.RelativePoseHead``).
 
 Fine-tuning helpers shared by every task: ``set_drop_path`` (stochastic depth), ``freeze`` (the backbone or its
 first blocks) and ``layer_id`` (the depth of a parameter, for layer-wise lr decay as in BEiT and MAE
@@ -73,6 +75,11 @@ class CroCoDownstreamBinocular(CroCoNet):
         self.head = head
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if getattr(self.head, "needs_image2", False):
+            features, image2 = self.binocular_features(
+                img1, img2, return_all_blocks=self.head.return_all_blocks, return_image2=True
+            )
+            return self.head(features, tuple(img1.shape[-2:]), image2)
         features = self.binocular_features(img1, img2, return_all_blocks=self.head.return_all_blocks)
         return self.head(features, tuple(img1.shape[-2:]))
 

@@ -7,10 +7,11 @@ Continuity of Rotation Representations in Neural Networks" (CVPR 2019): the firs
 ``[1, 0, 0, 0, 1, 0]``.
 
 :class:`RelativePoseHead` plugs into ``croco.models.downstream.CroCoDownstreamBinocular`` like the DPT head
-(``setup(net)``, ``forward(features, image_size)``, ``return_all_blocks``): it takes the last (normalised) decoder
-output, the image-1 tokens after cross-attending image 2, maps each with its image position, mean-pools them and
-regresses rotation parameters and a translation, as one (B, P + 3) tensor (P = 6 for "6d", 4 for "quat"); :func:`split_pose` turns it into
-(R (B, 3, 3), unit translation (B, 3)). Two images fix the translation up to scale, so only its direction is
+(``setup(net)``, ``forward(features, image_size, image2)``, ``return_all_blocks``, ``needs_image2``): it takes the
+last (normalised) decoder output, the image-1 tokens after cross-attending image 2, finds where each token's match
+lies among the image-2 encoder tokens (a learned soft-argmax), maps each token with its position and its matches'
+offsets, mean-pools them and regresses rotation parameters and a translation, as one (B, P + 3) tensor (P = 6 for
+"6d", 4 for "quat"); :func:`split_pose` turns it into (R (B, 3, 3), unit translation (B, 3)). Two images fix the translation up to scale, so only its direction is
 supervised (:class:`PoseLoss`) and evaluated.
 """
 
@@ -157,13 +158,18 @@ def _param_size(param: str) -> int:
 
 
 class RelativePoseHead(nn.Module):
-    """A per-token MLP on each normalised decoder token and its image position, mean-pooled, then an MLP to P + 3.
+    """Soft correspondences from the decoder tokens, each with its image position, mean-pooled, then an MLP.
 
-    Each token ``f_i`` at normalised patch centre ``(x_i, y_i)`` in [-1, 1] gives ``h_i = GELU(Linear([LN(f_i),
-    x_i, y_i]))``; the pose is ``Linear(GELU(Linear(mean_i h_i)))``. Why positions: a relative pose is a function
-    of where each match lies in the image (the eight-point algorithm weighs every correspondence by its
-    coordinates), and a plain mean of the tokens forgets where each one was; with RoPE the tokens carry no
-    absolute position of their own.
+    Why correspondences: a relative pose is a function of where each point of image 1 lies in image 2 (the
+    eight-point algorithm weighs every correspondence by its coordinates). With RoPE the tokens carry no absolute
+    position: a decoder token of image 1 holds *what* its match in image 2 looks like (cross-attention copies
+    image-2 content), not *where* that match is. So the head looks it up: for each token ``f_i`` at normalised
+    patch centre ``p_i = (x_i, y_i)`` in [-1, 1] and each of ``match_heads`` learned similarities,
+    ``a_ij = softmax_j(<W_q LN(f_i), W_k LN(e_j)> / sqrt(match_dim))`` over the image-2 encoder tokens ``e_j`` at
+    ``q_j``, and the expected match position is ``m_i = sum_j a_ij q_j`` (a soft-argmax). Each token gives
+    ``h_i = GELU(Linear([LN(f_i), p_i, m_i^1 - p_i, ..., m_i^H - p_i]))``; the pose is
+    ``Linear(GELU(Linear(mean_i h_i)))``. Without the lookup (a mean of the tokens and their positions) the
+    CPU-sized networks stay at the identity rotation (docs/downstream.md, "Relative pose").
 
     Output (B, P + 3): rotation parameters (6D, Zhou et al. 2019, or a quaternion (w, x, y, z)), then the
     translation (unnormalised); :func:`split_pose` reads it. Initialisation: the rotation rows of the last layer
@@ -173,21 +179,27 @@ class RelativePoseHead(nn.Module):
     """
 
     return_all_blocks = False  # the network hands over the last decoder output (B, N, D) only
+    needs_image2 = True  # ... and the image-2 encoder output (B, N2, enc_embed_dim)
 
-    def __init__(self, param: str = "6d", hidden: int = 256):
+    def __init__(self, param: str = "6d", hidden: int = 256, match_heads: int = 4, match_dim: int = 64):
         super().__init__()
         self.param = param
         self.rot_size = _param_size(param)
-        self.hidden = int(hidden)
+        self.hidden, self.match_heads, self.match_dim = int(hidden), int(match_heads), int(match_dim)
+        if self.match_heads < 1 or self.match_dim < 1:
+            raise ValueError(f"match_heads={match_heads}, match_dim={match_dim}: expected integers >= 1")
         self.patch_size: tuple[int, int] | None = None
         self.norm: nn.LayerNorm | None = None
+        self.norm_image2: nn.LayerNorm | None = None
+        self.query: nn.Linear | None = None
+        self.key: nn.Linear | None = None
         self.token_mlp: nn.Sequential | None = None
         self.mlp: nn.Sequential | None = None
 
     def setup(self, net: nn.Module) -> None:
         if not hasattr(net, "dec_blocks"):
             raise ValueError("RelativePoseHead needs a network with a decoder (CroCoDownstreamBinocular)")
-        dim = int(net.croco_kwargs["dec_embed_dim"])
+        dim, enc_dim = int(net.croco_kwargs["dec_embed_dim"]), int(net.croco_kwargs["enc_embed_dim"])
         last = nn.Linear(self.hidden, self.rot_size + 3)
         with torch.no_grad():
             last.weight.zero_()
@@ -195,11 +207,25 @@ class RelativePoseHead(nn.Module):
             identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0] if self.param == "6d" else [1.0, 0.0, 0.0, 0.0]
             last.bias.copy_(torch.tensor(identity + [0.0, 0.0, 0.0]))
         self.patch_size = as_hw(net.croco_kwargs["patch_size"], "patch_size")
-        self.norm = nn.LayerNorm(dim)
-        self.token_mlp = nn.Sequential(_linear(dim + 2, self.hidden), nn.GELU())
+        self.norm, self.norm_image2 = nn.LayerNorm(dim), nn.LayerNorm(enc_dim)
+        self.query = _linear(dim, self.match_heads * self.match_dim)
+        self.key = _linear(enc_dim, self.match_heads * self.match_dim)
+        self.token_mlp = nn.Sequential(_linear(dim + 2 + 2 * self.match_heads, self.hidden), nn.GELU())
         self.mlp = nn.Sequential(_linear(self.hidden, self.hidden), nn.GELU(), last)
 
-    def forward(self, tokens: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor) -> torch.Tensor:
+        """``tokens``: the last decoder output (B, N, D) of an ``image_size`` image 1; ``image2``: the image-2
+        encoder output (B, N, enc_embed_dim), an image of the same size."""
+        matches, positions = self.matches(tokens, image_size, image2)
+        batch, count = tokens.shape[:2]
+        offsets = (matches - positions).permute(0, 2, 1, 3).reshape(batch, count, -1)  # (B, N, 2H)
+        features = torch.cat([self.norm(tokens), positions.expand(batch, -1, -1), offsets], dim=-1)
+        return self.mlp(self.token_mlp(features).mean(dim=1))
+
+    def matches(
+        self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected match positions in image 2 (B, H, N, 2), patch centres (1, N, 2)), normalised (x, y)."""
         if self.mlp is None:
             raise RuntimeError("RelativePoseHead.setup() must be called before forward")
         if tokens.ndim != 3:
@@ -208,12 +234,18 @@ class RelativePoseHead(nn.Module):
         if grid[0] * grid[1] != tokens.shape[1]:
             raise ValueError(f"{tokens.shape[1]} tokens do not tile a {tuple(image_size)} image in "
                              f"{self.patch_size} patches")  # fmt: skip
-        positions = patch_centres(grid, tokens.device, tokens.dtype).expand(tokens.shape[0], -1, -1)
-        per_token = self.token_mlp(torch.cat([self.norm(tokens), positions], dim=-1))
-        return self.mlp(per_token.mean(dim=1))
+        if image2.shape[:2] != tokens.shape[:2]:
+            raise ValueError(f"image-2 tokens {tuple(image2.shape)} do not match image-1 tokens "
+                             f"{tuple(tokens.shape)}: relative pose needs two images of the same size")  # fmt: skip
+        batch, count = tokens.shape[:2]
+        positions = patch_centres(grid, tokens.device, tokens.dtype)  # both images: same size
+        query = self.query(self.norm(tokens)).view(batch, count, self.match_heads, self.match_dim).transpose(1, 2)
+        key = self.key(self.norm_image2(image2)).view(batch, count, self.match_heads, self.match_dim).transpose(1, 2)
+        weights = (query @ key.transpose(-1, -2) * self.match_dim**-0.5).softmax(dim=-1)  # (B, H, N, N)
+        return weights @ positions, positions
 
     def extra_repr(self) -> str:
-        return f"param={self.param!r}, hidden={self.hidden}"
+        return f"param={self.param!r}, hidden={self.hidden}, match_heads={self.match_heads}, match_dim={self.match_dim}"
 
 
 def patch_centres(grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:

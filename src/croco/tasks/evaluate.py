@@ -4,7 +4,8 @@ The task and its network are rebuilt from the checkpoint's hyper-parameters (no 
 with ``weights_only``); the data come from the run's own data config, with ``data.*`` overrides applied (e.g.
 ``data.root=...`` for a dataset stored elsewhere). Writes ``metrics.json`` (the split's metrics, and with
 ``baseline=true`` those of the trivial predictor on the same samples) and ``panel.png`` (input, prediction, truth)
-into ``out_dir``.
+into ``out_dir``; for relative pose also ``pose.png`` (``croco.tasks.pose.plot_pose``: predicted against true
+rotation, and the error distributions against the trivial predictor's).
 
 Baselines. Monocular tasks, from one pass over the training split: depth, the training mean depth everywhere;
 segmentation, the training class frequencies as constant logits (the majority class everywhere);
@@ -189,6 +190,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         panel = task.render_panel(_first_samples(eval_loader, int(cfg.num_panel)))
         with atomic_output(out_dir / "panel.png") as tmp:
             panel.save(tmp, format="PNG")
+    if kind == "pose":
+        from croco.tasks.pose import plot_pose
+
+        plot_pose(task, tqdm(eval_loader, desc="pose figure", leave=False), out_dir / "pose.png",
+                  title=f"relative pose on the {out['samples']} {split} pairs: {cfg.ckpt}")  # fmt: skip
     log.info("%s", _summary(out))
     return out
 

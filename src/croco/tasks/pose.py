@@ -9,7 +9,8 @@ geodesic rotation error and translation angle, accuracy at 5/15/30 degrees (``cr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +18,18 @@ import torch
 from croco.data.transforms import denormalize
 from croco.eval.stereoflow import PoseMetrics
 from croco.models.downstream import CroCoDownstreamBinocular
-from croco.models.pose import PoseLoss, RelativePoseHead, geodesic_angle, split_pose, translation_angle
+from croco.models.pose import (
+    PoseLoss,
+    RelativePoseHead,
+    geodesic_angle,
+    matrix_to_quaternion,
+    split_pose,
+    translation_angle,
+)
 from croco.tasks.finetune import FinetuneTask
 from croco.tasks.reconstruction import render_panel
 
-__all__ = ["PoseTask"]
+__all__ = ["PoseTask", "plot_pose", "rotation_vector"]
 
 
 class PoseTask(FinetuneTask):
@@ -75,3 +83,63 @@ class PoseTask(FinetuneTask):
         views = {"image 1": denormalize(samples["img1"].float()).cpu(),
                  "image 2": denormalize(samples["img2"].float()).cpu()}  # fmt: skip
         return render_panel(views, tuple(views), captions=captions)
+
+
+def rotation_vector(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 3): axis times angle, in degrees (the angle in [0, 180])."""
+    q = matrix_to_quaternion(rotation.double())  # w >= 0
+    sin_half = q[..., 1:].norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, q[..., :1])
+    return torch.rad2deg(angle) * q[..., 1:] / sin_half.clamp_min(1e-12)
+
+
+def plot_pose(task: PoseTask, batches: Iterable[Mapping[str, Any]], out: str | Path, title: str = "") -> Path:
+    """A figure of the task's predictions on ``batches``: predicted against true rotation about the camera's
+    vertical axis (the turn of a camera that looks around a room, OpenCV axes: y down), and the distribution of
+    the rotation and translation-direction errors against the identity rotation and the mean direction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from croco.utils.runs import save_figure
+
+    predicted, true, directions, true_directions = [], [], [], []
+    with task.evaluating(), torch.no_grad():
+        for batch in batches:
+            device = task.device
+            rotation, direction = task(batch["img1"].to(device), batch["img2"].to(device))
+            predicted.append(rotation.cpu().double())
+            directions.append(direction.cpu().double())
+            true.append(batch["rotation"].double())
+            true_directions.append(batch["translation"].double())
+    r_pred, r_gt = torch.cat(predicted), torch.cat(true)
+    t_pred, t_gt = torch.cat(directions), torch.cat(true_directions)
+    mean_direction = torch.nn.functional.normalize(t_gt.mean(0), dim=0).expand_as(t_gt)
+    errors = {
+        "rotation": (geodesic_angle(r_pred, r_gt), geodesic_angle(torch.eye(3, dtype=r_gt.dtype).expand_as(r_gt), r_gt)),
+        "translation direction": (translation_angle(t_pred, t_gt), translation_angle(mean_direction, t_gt)),
+    }  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
+    yaw_gt, yaw_pred = rotation_vector(r_gt)[:, 1], rotation_vector(r_pred)[:, 1]
+    limit = float(max(yaw_gt.abs().max(), yaw_pred.abs().max())) * 1.05
+    axes[0].plot([-limit, limit], [-limit, limit], color="grey", lw=0.8, label="perfect")
+    axes[0].axhline(0.0, color="tab:red", lw=0.8, ls="--", label="identity")
+    axes[0].scatter(yaw_gt, yaw_pred, s=10, alpha=0.7, label="predicted")
+    axes[0].set(xlabel="true rotation about the vertical axis (deg)", ylabel="predicted (deg)",
+                xlim=(-limit, limit), ylim=(-limit, limit))  # fmt: skip
+    axes[0].legend(loc="upper left", fontsize=8)
+    for ax, (name, (ours, baseline)) in zip(axes[1:], errors.items()):
+        bins = torch.linspace(0, 180, 37).tolist()
+        label = "identity" if name == "rotation" else "mean direction"
+        ax.hist(baseline.numpy(), bins=bins, alpha=0.5, color="tab:red",
+                label=f"{label}: mean {float(baseline.mean()):.1f}, median {float(baseline.median()):.1f}")  # fmt: skip
+        ax.hist(ours.numpy(), bins=bins, alpha=0.6, color="tab:blue",
+                label=f"predicted: mean {float(ours.mean()):.1f}, median {float(ours.median()):.1f}")  # fmt: skip
+        ax.set(xlabel=f"{name} error (deg)", ylabel="pairs")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"relative pose on {len(r_gt)} pairs")
+    fig.tight_layout()
+    path = save_figure(fig, out)
+    plt.close(fig)
+    return path

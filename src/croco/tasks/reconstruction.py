@@ -183,6 +183,7 @@ def render_panel(
             tile = tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
             panel.paste(tile, (x, y))
             x += cw + gap
-        if captions is not None:
-            draw.text((gap + 2, y + 2), captions[row], fill=(255, 255, 0))
+        if captions is not None:  # wrapped to the panel's width, over the row's images
+            for i, line in enumerate(_wrap(measure, captions[row], width - 2 * gap - 4)):
+                draw.text((gap + 2, y + 2 + i * header), line, fill=(255, 255, 0))
     return panel
