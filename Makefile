@@ -26,14 +26,10 @@ pretrain: $(STAMP)  ## the paper's pretraining on the embedded data (generated i
 	$(PY) train.py experiment=pretrain
 
 # The CPU pretraining that flow_synthetic and pose_synthetic start from (docs/downstream.md, "Flow and relative
-# pose"): the crossview pairs and their self-pairs (both kept when already there), experiment=crossview_selfpairs,
-# then two continuations of 3,072 steps at half the learning rate, each from the previous run's weights.
-# The generate.py settings are those of conf/data/crossview.yaml (generate_if_missing): keep the two equal.
+# pose"): experiment=crossview_selfpairs (which makes data/crossview and its self-pairs on first use), then two
+# continuations of 3,072 steps at half the learning rate, each from the previous run's weights.
 SELFPAIRS_CONTINUE := trainer.max_epochs=12 optim.epochs=12 optim.lr=5e-4
 pretrain-selfpairs: $(STAMP)  ## half self-pairs, 9,728 steps: the decoder localises; flow/pose start here (~2 h)
-	$(PY) generate.py source=synthetic out=data/crossview pairs=6000 seed=0 resolution=80 pairs_per_scene=5 \
-		pairs_per_shard=500 overlap_min=0.5 workers=2
-	$(PY) generate.py source=selfpairs input=data/crossview out=data/crossview_self resolution=80
 	$(PY) train.py experiment=crossview_selfpairs run_name=crossview_selfpairs
 	$(PY) train.py experiment=crossview_selfpairs run_name=crossview_selfpairs_2 $(SELFPAIRS_CONTINUE) \
 		task.init_from=logs/runs/crossview_selfpairs/croco_official.pth

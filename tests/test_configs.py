@@ -221,6 +221,24 @@ def test_embedded_data_generate_through_a_callable_from_the_config(compose_train
     assert compose_train("data=shards").data.generate_if_missing is None
 
 
+def test_selfpairs_experiment_makes_its_two_folders_in_turn(compose_train):
+    """experiment=crossview_selfpairs: data/crossview from the shared generator, its self-pairs from their own."""
+    import functools
+
+    from croco.importers.selfpairs import generate_selfpairs
+    from croco.synth.pipeline import generate_pairs
+
+    cfg = compose_train("experiment=crossview_selfpairs")
+    datamodule = instantiate(cfg.data)
+    self_pairs, pairs = datamodule.sources
+    data_dir = Path(cfg.paths.data_dir)
+    assert (self_pairs.path, pairs.path) == (data_dir / "crossview_self", data_dir / "crossview")
+    assert isinstance(self_pairs.generate, functools.partial) and self_pairs.generate.func is generate_selfpairs
+    assert Path(self_pairs.generate.keywords["input"]) == pairs.path and pairs.generate is None
+    assert datamodule.generate_if_missing.func is generate_pairs
+    assert datamodule.generate_if_missing.keywords["pairs"] == compose_train("experiment=crossview_cpu").data.generate_if_missing.pairs
+
+
 @pytest.mark.parametrize("data", ["habitat_release", "crops"])
 def test_missing_data_folder_without_generation(compose_train, data, tmp_path):
     cfg = compose_train(f"data={data}")

@@ -247,7 +247,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, shard_folder: Path) -> 
         _module(write_shard(tmp_path / "ok" / "a.h5", ["s"], [0.5]).parent, overlap_min=0.9).setup("fit")
     with pytest.raises(ValueError, match="overlap_min <= overlap_max"):
         _module(shard_folder, overlap_min=0.8, overlap_max=0.2)
-    with pytest.raises(ValueError, match="expected keys path and optional weight"):
+    with pytest.raises(ValueError, match="expected keys path, optional weight and generate"):
         PairDataModule([{"folder": "x"}])
 
 
@@ -273,6 +273,38 @@ def test_prepare_data_generates_into_empty_sources(tmp_path: Path) -> None:
     assert module.val_dataloader() == []  # no validation scenes: Lightning skips validation
     with pytest.raises(ValueError, match=r"^data.generate_if_missing=\{'pairs': 12\}: expected null or a callable"):
         _module(target, generate_if_missing={"pairs": 12})
+
+
+def test_a_source_with_its_own_generator_is_filled_after_the_shared_ones(tmp_path: Path) -> None:
+    """Self-pairs made from another source: listed first, generated after the folder they read."""
+    from croco.importers.selfpairs import generate_selfpairs
+
+    order = []
+
+    def fake_generate_pairs(out_dir, pairs):
+        order.append("pairs")
+        write_shard(Path(out_dir) / "shard-00000.h5", [f"g{i}" for i in range(pairs)], [0.6] * pairs, size=48)
+
+    def selfpairs(out_dir, **kwargs):
+        order.append("self")
+        return generate_selfpairs(out_dir, **kwargs)
+
+    pairs, self_pairs = tmp_path / "pairs", tmp_path / "self"
+    sources = [
+        {"path": str(self_pairs), "weight": 0.5,
+         "generate": functools.partial(selfpairs, input=pairs, resolution=48, progress=False)},
+        {"path": str(pairs), "weight": 0.5},
+    ]  # fmt: skip
+    module = _module(sources, generate_if_missing=functools.partial(fake_generate_pairs, pairs=6), val_fraction=0.0)
+    module.prepare_data()
+    module.prepare_data()  # both folders hold shards now: nothing is generated again
+    assert order == ["pairs", "self"]
+    module.setup("fit")
+    assert len(module.data_train) == 6 + 12  # every view of the 6 pairs as a pair with itself
+    reader = ShardReader(next(self_pairs.glob("*.h5")))
+    assert len(reader) == 12 and set(reader.scene) == {f"g{i}" for i in range(6)}
+    with pytest.raises(ValueError, match=r"data source x: generate=3: expected null or a callable"):
+        PairDataModule([{"path": "x", "generate": 3}])
 
 
 class _Probe(L.LightningModule):

@@ -49,8 +49,9 @@ class PairDataModule(LightningDataModule):
     """Image pairs from one or more shard folders, for CroCo pretraining (and any pair task).
 
     Args:
-        sources: shard folders, each ``{path, weight}`` (or a bare path, weight 1); weights are relative
-            shares of each training epoch.
+        sources: shard folders, each ``{path, weight, generate}`` (or a bare path, weight 1); weights are relative
+            shares of each training epoch; ``generate``: what fills this folder when it holds no shard, instead of
+            ``generate_if_missing`` (e.g. self-pairs made from another source, filled after that one).
         img_size: output size of both views (square int or (height, width)).
         transforms: official grammar, e.g. ``crop224+acolor``; ``crop`` alone crops to ``img_size``;
             ``resize<S>`` resizes the shorter side first.
@@ -69,7 +70,7 @@ class PairDataModule(LightningDataModule):
         seed: drives the per-epoch draw and every per-sample augmentation.
         generate_if_missing: a callable ``f(folder)`` that fills an empty folder with shards (e.g. a partial of
             ``croco.synth.pipeline.generate_pairs``); if set, ``prepare_data`` calls it for every source folder
-            that holds no shard yet. None: every folder must already hold shards.
+            that holds no shard yet and has no ``generate`` of its own. None: those folders must hold shards.
         max_bad_fraction: fraction of a split that may be corrupt (skipped and counted) before training stops.
         stream_val_shards: for a generated folder (``generate_if_missing`` set, one source): validation is its
             first ``stream_val_shards`` shards (``val_fraction`` is not used) and, in single-process training,
@@ -177,8 +178,9 @@ class PairDataModule(LightningDataModule):
         ``stream_val_shards``, start the generation of an incomplete folder in the background and wait for its
         validation shards and a first training shard."""
         if not self.split_by_shards:
-            for source in self.sources:
-                fill_if_empty(source.path, self.generate_if_missing)
+            # the folders of the shared generator first: a source's own generator may read one (self-pairs)
+            for source in sorted(self.sources, key=lambda source: source.generate is not None):
+                fill_if_empty(source.path, source.generate or self.generate_if_missing)
             return
         assert self.generate_if_missing is not None
         folder = self.sources[0].path

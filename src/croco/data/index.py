@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,29 +22,37 @@ from croco.data.shards import ShardError, ShardReader, list_shards
 
 @dataclass(frozen=True)
 class PairSource:
-    """One shard folder and its relative share of each training epoch."""
+    """One shard folder, its relative share of each training epoch, and optionally what fills it when empty
+    (``generate(folder)``; None: the data module's ``generate_if_missing``, if any)."""
 
     path: Path
     weight: float = 1.0
+    generate: Callable[[Path], Any] | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, entry: Any) -> PairSource:
-        """Accept ``{path, weight}`` mappings (Hydra) or bare paths (weight 1)."""
+        """Accept ``{path, weight, generate}`` mappings (Hydra) or bare paths (weight 1)."""
         if isinstance(entry, PairSource):
             return entry
         if isinstance(entry, (str, Path)):
             return cls(Path(entry))
         if isinstance(entry, Mapping):
-            unknown = set(entry) - {"path", "weight"}
+            unknown = set(entry) - {"path", "weight", "generate"}
             if "path" not in entry or unknown:
-                raise ValueError(f"data source {dict(entry)!r}: expected keys path and optional weight")
+                raise ValueError(f"data source {dict(entry)!r}: expected keys path, optional weight and generate")
             weight = float(entry.get("weight", 1.0))
             if not (weight >= 0 and math.isfinite(weight)):
                 raise ValueError(
                     f"data source {entry['path']}: weight must be a finite number >= 0, got {weight}"
                 )
-            return cls(Path(str(entry["path"])), weight)
-        raise ValueError(f"data source {entry!r}: expected a path or a {{path, weight}} mapping")
+            generate = entry.get("generate")
+            if generate is not None and not callable(generate):
+                raise ValueError(
+                    f"data source {entry['path']}: generate={generate!r}: expected null or a callable that fills "
+                    "the folder (a config with _target_ and _partial_: true)"
+                )
+            return cls(Path(str(entry["path"])), weight, generate)
+        raise ValueError(f"data source {entry!r}: expected a path or a {{path, weight, generate}} mapping")
 
 
 _SCANNET_RESCAN = re.compile(r"(?<![A-Za-z0-9])(scene\d{4})_\d{2}(?![0-9])")

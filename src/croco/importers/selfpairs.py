@@ -12,16 +12,20 @@ split keeps a scene on one side) and no depth or task extras. Images are re-enco
 input's own resolution to keep their size); unreadable pairs are skipped and counted.
 
     python generate.py source=selfpairs input=data/crossview out=data/crossview_self resolution=80
+
+:func:`generate_selfpairs` is the same import as a callable ``f(out)``, for a data source's ``generate``
+(``conf/experiment/crossview_selfpairs.yaml``: the self-pairs are made on first use, after their input).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 from croco.data.shards import PairRecord, ShardError, ShardReader, finished_shards, is_unknown
-from croco.importers.base import Importer, SkipPair, WorkItem
+from croco.importers.base import Importer, ImportSummary, SkipPair, WorkItem, import_pairs, settings_from
 from croco.importers.images import fit_square
 
 
@@ -67,3 +71,19 @@ def _reader(path: str) -> ShardReader:
 
 
 IMPORTER = SelfPairImporter
+
+
+def generate_selfpairs(
+    out: str | os.PathLike,
+    input: str | os.PathLike,
+    resolution: int,
+    pairs_per_shard: int = 500,
+    jpeg_quality: int = 95,
+    workers: int = 0,
+    progress: bool = True,
+) -> ImportSummary:
+    """Write the self-pairs of the pair shards in ``input`` into ``out``: the import ``generate.py
+    source=selfpairs input=... out=... resolution=...`` runs, as a callable for a data source's ``generate``."""
+    importer = SelfPairImporter(settings_from(os.path.abspath(input), resolution=int(resolution)))
+    return import_pairs(importer, out, pairs_per_shard=pairs_per_shard, jpeg_quality=jpeg_quality, workers=workers,
+                        progress=progress)  # fmt: skip
