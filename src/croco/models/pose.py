@@ -216,16 +216,22 @@ class RelativePoseHead(nn.Module):
     def forward(self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor) -> torch.Tensor:
         """``tokens``: the last decoder output (B, N, D) of an ``image_size`` image 1; ``image2``: the image-2
         encoder output (B, N, enc_embed_dim), an image of the same size."""
-        matches, positions = self.matches(tokens, image_size, image2)
+        normed, matches, positions = self._lookup(tokens, image_size, image2)
         batch, count = tokens.shape[:2]
         offsets = (matches - positions).permute(0, 2, 1, 3).reshape(batch, count, -1)  # (B, N, 2H)
-        features = torch.cat([self.norm(tokens), positions.expand(batch, -1, -1), offsets], dim=-1)
+        features = torch.cat([normed, positions.expand(batch, -1, -1), offsets], dim=-1)
         return self.mlp(self.token_mlp(features).mean(dim=1))
 
     def matches(
         self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(expected match positions in image 2 (B, H, N, 2), patch centres (1, N, 2)), normalised (x, y)."""
+        return self._lookup(tokens, image_size, image2)[1:]
+
+    def _lookup(
+        self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised tokens, expected match positions (B, H, N, 2), patch centres (1, N, 2))."""
         if self.mlp is None:
             raise RuntimeError("RelativePoseHead.setup() must be called before forward")
         if tokens.ndim != 3:
@@ -239,10 +245,11 @@ class RelativePoseHead(nn.Module):
                              f"{tuple(tokens.shape)}: relative pose needs two images of the same size")  # fmt: skip
         batch, count = tokens.shape[:2]
         positions = patch_centres(grid, tokens.device, tokens.dtype)  # both images: same size
-        query = self.query(self.norm(tokens)).view(batch, count, self.match_heads, self.match_dim).transpose(1, 2)
+        normed = self.norm(tokens)
+        query = self.query(normed).view(batch, count, self.match_heads, self.match_dim).transpose(1, 2)
         key = self.key(self.norm_image2(image2)).view(batch, count, self.match_heads, self.match_dim).transpose(1, 2)
         weights = (query @ key.transpose(-1, -2) * self.match_dim**-0.5).softmax(dim=-1)  # (B, H, N, N)
-        return weights @ positions, positions
+        return normed, weights @ positions, positions
 
     def extra_repr(self) -> str:
         return f"param={self.param!r}, hidden={self.hidden}, match_heads={self.match_heads}, match_dim={self.match_dim}"
