@@ -17,6 +17,7 @@ from croco.models.pose import (
     matrix_to_rotation_6d,
     quaternion_to_matrix,
     rotation_6d_to_matrix,
+    rotation_vector,
     split_pose,
     translation_angle,
 )
@@ -147,7 +148,7 @@ def test_head_locates_each_match_in_image_2():
     grid = 32 // TINY["patch_size"]
     tokens = torch.randn(2, grid, grid, 32)
     image2 = tokens.roll(-1, dims=2)  # image-2 column c holds image-1 column c + 1
-    matches, positions = head.matches(tokens.flatten(1, 2), (32, 32), image2.flatten(1, 2))
+    _, matches, positions = head.matches(tokens.flatten(1, 2), (32, 32), image2.flatten(1, 2))
     shift = (matches - positions)[:, 0].view(2, grid, grid, 2)
     interior = shift[:, :, 1:]  # column 0's match wrapped around to the last column
     torch.testing.assert_close(interior[..., 0], torch.full_like(interior[..., 0], -2 / grid), atol=1e-3, rtol=0)
@@ -170,3 +171,13 @@ def test_errors():
         RelativePoseHead(param="euler")
     with pytest.raises(ValueError, match="expected a \\(B, 9\\)"):
         split_pose(torch.zeros(2, 7), "6d")
+
+
+def test_rotation_vector_is_axis_times_angle():
+    half = math.radians(30.0) / 2  # 30 degrees about y, then 120 about (1, 1, 1)
+    about_y = quaternion_to_matrix(torch.tensor([math.cos(half), 0.0, math.sin(half), 0.0], dtype=torch.float64))
+    torch.testing.assert_close(rotation_vector(about_y), torch.tensor([0.0, 30.0, 0.0], dtype=torch.float64))
+    turn = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.float64)  # x -> y -> z -> x
+    expected = torch.full((3,), 120.0 / math.sqrt(3), dtype=torch.float64)
+    torch.testing.assert_close(rotation_vector(turn), expected)
+    torch.testing.assert_close(rotation_vector(about_y.T), -rotation_vector(about_y))

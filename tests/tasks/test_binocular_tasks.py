@@ -157,16 +157,3 @@ def test_evaluate_a_pose_run_writes_its_figure(binocular_shards, tmp_path):
     assert out["task"] == "pose" and out["samples"] > 0 and out["baseline"]["rot_mean"] > 0
     with Image.open(tmp_path / "eval" / "pose.png") as figure:
         assert figure.width > 1000 and figure.height > 300
-
-
-def test_rotation_vector_is_axis_times_angle():
-    from croco.models.pose import quaternion_to_matrix
-    from croco.tasks.pose import rotation_vector
-
-    half = math.radians(30.0) / 2  # 30 degrees about y, then 120 about (1, 1, 1)
-    about_y = quaternion_to_matrix(torch.tensor([math.cos(half), 0.0, math.sin(half), 0.0], dtype=torch.float64))
-    torch.testing.assert_close(rotation_vector(about_y), torch.tensor([0.0, 30.0, 0.0], dtype=torch.float64))
-    turn = torch.tensor([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.float64)  # x -> y -> z -> x
-    expected = torch.full((3,), 120.0 / math.sqrt(3), dtype=torch.float64)
-    torch.testing.assert_close(rotation_vector(turn), expected)
-    torch.testing.assert_close(rotation_vector(about_y.T), -rotation_vector(about_y))

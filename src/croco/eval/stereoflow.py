@@ -46,8 +46,16 @@ __all__ = [
     "FlowMetrics",
     "PoseMetrics",
     "StereoMetrics",
+    "constant_pose",
     "threshold_key",
 ]
+
+
+def constant_pose(rotations: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best constant relative pose in hindsight for (B, 3, 3) rotations and (B, 3) unit directions: the
+    identity rotation and the normalised mean direction, each expanded to the batch."""
+    mean = torch.nn.functional.normalize(directions.mean(0), dim=0)
+    return torch.eye(3, dtype=rotations.dtype).expand_as(rotations), mean.expand_as(directions)
 
 
 def threshold_key(prefix: str, threshold: float) -> str:

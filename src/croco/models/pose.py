@@ -32,6 +32,7 @@ __all__ = [
     "matrix_to_rotation_6d",
     "quaternion_to_matrix",
     "rotation_6d_to_matrix",
+    "rotation_vector",
     "split_pose",
     "translation_angle",
 ]
@@ -101,6 +102,14 @@ def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
     q = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
     q = F.normalize(q, dim=-1, eps=_EPS)
     return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rotation_vector(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 3): axis times angle, in degrees (the angle in [0, 180])."""
+    q = matrix_to_quaternion(rotation.double())  # w >= 0: the angle in [0, 180]
+    sin_half = q[..., 1:].norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, q[..., :1])
+    return torch.rad2deg(angle) * q[..., 1:] / sin_half.clamp_min(1e-12)
 
 
 def geodesic_angle(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
@@ -216,7 +225,7 @@ class RelativePoseHead(nn.Module):
     def forward(self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor) -> torch.Tensor:
         """``tokens``: the last decoder output (B, N, D) of an ``image_size`` image 1; ``image2``: the image-2
         encoder output (B, N, enc_embed_dim), an image of the same size."""
-        normed, matches, positions = self._lookup(tokens, image_size, image2)
+        normed, matches, positions = self.matches(tokens, image_size, image2)
         batch, count = tokens.shape[:2]
         offsets = (matches - positions).permute(0, 2, 1, 3).reshape(batch, count, -1)  # (B, N, 2H)
         features = torch.cat([normed, positions.expand(batch, -1, -1), offsets], dim=-1)
@@ -224,14 +233,9 @@ class RelativePoseHead(nn.Module):
 
     def matches(
         self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(expected match positions in image 2 (B, H, N, 2), patch centres (1, N, 2)), normalised (x, y)."""
-        return self._lookup(tokens, image_size, image2)[1:]
-
-    def _lookup(
-        self, tokens: torch.Tensor, image_size: tuple[int, int], image2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(normalised tokens, expected match positions (B, H, N, 2), patch centres (1, N, 2))."""
+        """(normalised tokens, expected match positions in image 2 (B, H, N, 2), patch centres (1, N, 2)); the
+        positions are normalised (x, y) in [-1, 1]."""
         if self.mlp is None:
             raise RuntimeError("RelativePoseHead.setup() must be called before forward")
         if tokens.ndim != 3:

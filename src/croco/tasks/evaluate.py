@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from croco.data.dense import IGNORE_INDEX
 from croco.eval.dense import ClassificationMetrics, DepthMetrics, SegmentationMetrics
-from croco.eval.stereoflow import FlowMetrics, PoseMetrics, StereoMetrics
+from croco.eval.stereoflow import FlowMetrics, PoseMetrics, StereoMetrics, constant_pose
 from croco.models.checkpoints import CheckpointError, load_strict, load_weights_only, uncompiled_state
 from croco.tasks.finetune import FinetuneTask
 from croco.utils.files import atomic_output
@@ -96,9 +96,8 @@ def binocular_baseline(kind: str, eval_loader: Any) -> dict[str, float]:
     if kind == "pose":
         rotations = torch.cat([b["rotation"] for b in batches]).float()
         directions = torch.cat([b["translation"] for b in batches]).float()
-        mean = torch.nn.functional.normalize(directions.mean(0), dim=0)
         metrics: Any = PoseMetrics()
-        metrics.update(torch.eye(3).expand_as(rotations), mean.expand_as(directions), rotations, directions)
+        metrics.update(*constant_pose(rotations, directions), rotations, directions)
         return {k: float(v) for k, v in metrics.compute().items()}
     key = "disparity" if kind == "stereo" else "flow"
     if kind == "stereo":

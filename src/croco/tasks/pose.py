@@ -16,20 +16,20 @@ from typing import Any
 import torch
 
 from croco.data.transforms import denormalize
-from croco.eval.stereoflow import PoseMetrics
+from croco.eval.stereoflow import PoseMetrics, constant_pose
 from croco.models.downstream import CroCoDownstreamBinocular
 from croco.models.pose import (
     PoseLoss,
     RelativePoseHead,
     geodesic_angle,
-    matrix_to_quaternion,
+    rotation_vector,
     split_pose,
     translation_angle,
 )
 from croco.tasks.finetune import FinetuneTask
 from croco.tasks.reconstruction import render_panel
 
-__all__ = ["PoseTask", "plot_pose", "rotation_vector"]
+__all__ = ["PoseTask", "plot_pose"]
 
 
 class PoseTask(FinetuneTask):
@@ -85,14 +85,6 @@ class PoseTask(FinetuneTask):
         return render_panel(views, tuple(views), captions=captions)
 
 
-def rotation_vector(rotation: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) -> (..., 3): axis times angle, in degrees (the angle in [0, 180])."""
-    q = matrix_to_quaternion(rotation.double())  # w >= 0
-    sin_half = q[..., 1:].norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(sin_half, q[..., :1])
-    return torch.rad2deg(angle) * q[..., 1:] / sin_half.clamp_min(1e-12)
-
-
 def plot_pose(task: PoseTask, batches: Iterable[Mapping[str, Any]], out: str | Path, title: str = "") -> Path:
     """A figure of the task's predictions on ``batches``: predicted against true rotation about the camera's
     vertical axis (the turn of a camera that looks around a room, OpenCV axes: y down), and the distribution of
@@ -115,11 +107,11 @@ def plot_pose(task: PoseTask, batches: Iterable[Mapping[str, Any]], out: str | P
             true_directions.append(batch["translation"].double())
     r_pred, r_gt = torch.cat(predicted), torch.cat(true)
     t_pred, t_gt = torch.cat(directions), torch.cat(true_directions)
-    mean_direction = torch.nn.functional.normalize(t_gt.mean(0), dim=0).expand_as(t_gt)
+    r_const, t_const = constant_pose(r_gt, t_gt)
     errors = {
-        "rotation": (geodesic_angle(r_pred, r_gt), geodesic_angle(torch.eye(3, dtype=r_gt.dtype).expand_as(r_gt), r_gt)),
-        "translation direction": (translation_angle(t_pred, t_gt), translation_angle(mean_direction, t_gt)),
-    }  # fmt: skip
+        "rotation": (geodesic_angle(r_pred, r_gt), geodesic_angle(r_const, r_gt)),
+        "translation direction": (translation_angle(t_pred, t_gt), translation_angle(t_const, t_gt)),
+    }
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
     yaw_gt, yaw_pred = rotation_vector(r_gt)[:, 1], rotation_vector(r_pred)[:, 1]
     limit = float(max(yaw_gt.abs().max(), yaw_pred.abs().max())) * 1.05
